@@ -1,0 +1,265 @@
+"""The prepared-dataset format shared by every source, model and baseline.
+
+A prepared dataset is a directory::
+
+    traffic.npy      float32 [U, T]   traffic per time bin (unit in meta["traffic_unit"])
+    locations.npy    int32   [U, T]   row index into stations.parquet
+    stations.parquet station_id (str), lat, lon (float64), optional feature columns (e.g. poi_*)
+    samples.parquet  user (str), start (ISO datetime string of the window start)
+    meta.json        source, bin_minutes, T, filters, counts, normalisation, creation command
+
+Real data, generated data and baseline outputs all use it, so that ``mstdiff evaluate`` treats them
+alike. :meth:`PreparedDataset.save` writes atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mstdiff.errors import InputError
+from mstdiff.io import atomic_dir, read_json, run_meta, write_json
+
+FORMAT_VERSION = 1
+REQUIRED_FILES = ("traffic.npy", "locations.npy", "stations.parquet", "samples.parquet", "meta.json")
+STATION_COLUMNS = ("station_id", "lat", "lon")
+SAMPLE_COLUMNS = ("user", "start")
+
+
+def check_T(T: int, *, where: str = "T") -> None:
+    """The wavelet branch uses a 3-level Haar transform: T must be a positive multiple of 8."""
+    if T <= 0 or T % 8 != 0:
+        raise InputError(
+            f"T = {T} time bins is not divisible by 8",
+            where=where,
+            fix="the 3-level wavelet transform needs T divisible by 8: e.g. 48 (one day at 30 min) "
+            "or 336 (one week at 30 min); change the window length or the bin size",
+        )
+
+
+def normalisation_stats(traffic: np.ndarray) -> dict[str, float]:
+    """Summary statistics of the traffic values stored in ``meta.json``.
+
+    Models scale traffic with ``log1p`` and then standardise by ``log1p_mean`` / ``log1p_std``.
+    """
+    x = np.asarray(traffic, dtype=np.float64)
+    lx = np.log1p(np.clip(x, 0.0, None))
+    return {
+        "mean": float(x.mean()) if x.size else 0.0,
+        "std": float(x.std()) if x.size else 0.0,
+        "max": float(x.max()) if x.size else 0.0,
+        "log1p_mean": float(lx.mean()) if x.size else 0.0,
+        "log1p_std": float(lx.std()) if x.size else 0.0,
+        "active_share": float((x > 0).mean()) if x.size else 0.0,
+    }
+
+
+@dataclass
+class PreparedDataset:
+    """Traffic and location series of U samples over T bins on a shared station table."""
+
+    traffic: np.ndarray  # (U, T) float32
+    locations: np.ndarray  # (U, T) int32, index into `stations`
+    stations: pd.DataFrame  # station_id, lat, lon, [features...]
+    samples: pd.DataFrame  # user, start
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.traffic = np.ascontiguousarray(self.traffic, dtype=np.float32)
+        self.locations = np.ascontiguousarray(self.locations, dtype=np.int32)
+        self.validate()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def n_samples(self) -> int:
+        return int(self.traffic.shape[0])
+
+    @property
+    def T(self) -> int:
+        return int(self.traffic.shape[1])
+
+    @property
+    def n_stations(self) -> int:
+        return len(self.stations)
+
+    @property
+    def coords(self) -> np.ndarray:
+        """Station coordinates ``(N, 2)`` as (lat, lon) degrees."""
+        return self.stations[["lat", "lon"]].to_numpy(dtype=np.float64)
+
+    @property
+    def bin_minutes(self) -> int:
+        return int(self.meta.get("bin_minutes", 30))
+
+    def __len__(self) -> int:
+        return self.n_samples
+
+    def __repr__(self) -> str:
+        src = self.meta.get("source", "?")
+        return f"PreparedDataset(source={src!r}, U={self.n_samples}, T={self.T}, N={self.n_stations})"
+
+    # ------------------------------------------------------------------ checks
+    def validate(self, where: str = "prepared dataset") -> None:
+        """Raise :class:`InputError` if the arrays and tables are inconsistent."""
+        if self.traffic.ndim != 2:
+            raise InputError(f"traffic must be 2-D [U, T], got shape {self.traffic.shape}", where=where)
+        if self.locations.shape != self.traffic.shape:
+            raise InputError(
+                f"locations shape {self.locations.shape} differs from traffic shape {self.traffic.shape}",
+                where=where,
+            )
+        check_T(self.T, where=f"{where} (T)")
+        missing = [c for c in STATION_COLUMNS if c not in self.stations.columns]
+        if missing:
+            raise InputError(f"station table lacks columns {missing}", where=where)
+        missing = [c for c in SAMPLE_COLUMNS if c not in self.samples.columns]
+        if missing:
+            raise InputError(f"sample table lacks columns {missing}", where=where)
+        if len(self.samples) != self.n_samples:
+            raise InputError(
+                f"{len(self.samples)} sample ids for {self.n_samples} samples", where=where
+            )
+        if self.locations.size:
+            lo, hi = int(self.locations.min()), int(self.locations.max())
+            if lo < 0 or hi >= self.n_stations:
+                raise InputError(
+                    f"location index out of range [{lo}, {hi}] for {self.n_stations} stations",
+                    where=where,
+                )
+        if not np.isfinite(self.traffic).all():
+            raise InputError("traffic contains NaN or infinite values", where=where)
+        if (self.traffic < 0).any():
+            raise InputError("traffic contains negative values", where=where)
+
+    # ------------------------------------------------------------------ derived sets
+    def subset(self, index: np.ndarray | list[int], **meta_update: Any) -> PreparedDataset:
+        """Samples ``index`` (positions), same station table; meta copied with counts updated."""
+        idx = np.asarray(index, dtype=np.int64)
+        meta = dict(self.meta)
+        meta.update(meta_update)
+        meta.setdefault("counts", {})
+        meta["counts"] = dict(meta["counts"], samples=int(idx.size))
+        return PreparedDataset(
+            traffic=self.traffic[idx],
+            locations=self.locations[idx],
+            stations=self.stations,
+            samples=self.samples.iloc[idx].reset_index(drop=True),
+            meta=meta,
+        )
+
+    def with_series(
+        self, traffic: np.ndarray, locations: np.ndarray, *, source: str, users: list[str] | None = None,
+        **meta_update: Any,
+    ) -> PreparedDataset:
+        """A new dataset on this station table (e.g. a generated set) with fresh sample ids."""
+        U = int(np.asarray(traffic).shape[0])
+        samples = pd.DataFrame(
+            {"user": users if users is not None else [f"gen{i:06d}" for i in range(U)],
+             "start": [""] * U}
+        )
+        meta = {
+            "source": source,
+            "bin_minutes": self.bin_minutes,
+            "T": int(np.asarray(traffic).shape[1]),
+            "traffic_unit": self.meta.get("traffic_unit", "unknown"),
+            "counts": {"samples": U, "stations": self.n_stations},
+            "normalisation": normalisation_stats(traffic),
+            "stations_from": self.meta.get("source"),
+        }
+        meta.update(meta_update)
+        return PreparedDataset(traffic, locations, self.stations, samples, meta)
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write the dataset directory atomically; return its path."""
+        path = Path(path)
+        meta = dict(self.meta)
+        meta.setdefault("format_version", FORMAT_VERSION)
+        meta["T"] = self.T
+        meta.setdefault("bin_minutes", 30)
+        meta.setdefault("counts", {})
+        meta["counts"] = dict(meta["counts"], samples=self.n_samples, stations=self.n_stations)
+        meta.setdefault("normalisation", normalisation_stats(self.traffic))
+        if "created_at" not in meta:
+            meta.update({k: v for k, v in run_meta().items() if k not in meta})
+        with atomic_dir(path, overwrite=overwrite) as tmp:
+            np.save(tmp / "traffic.npy", self.traffic)
+            np.save(tmp / "locations.npy", self.locations)
+            stations = self.stations.copy()
+            stations["station_id"] = stations["station_id"].astype(str)
+            stations.to_parquet(tmp / "stations.parquet", index=False)
+            samples = self.samples.copy()
+            samples["user"] = samples["user"].astype(str)
+            samples["start"] = samples["start"].astype(str)
+            samples.to_parquet(tmp / "samples.parquet", index=False)
+            write_json(tmp / "meta.json", meta)
+        self.meta = meta
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, mmap: bool = False) -> PreparedDataset:
+        """Read a prepared dataset directory written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_dir():
+            raise InputError(
+                "not a directory", where=str(path),
+                fix="pass the directory written by `mstdiff prepare` (or `mstdiff generate`)",
+            )
+        missing = [f for f in REQUIRED_FILES if not (path / f).exists()]
+        if missing:
+            raise InputError(
+                f"not a prepared dataset: missing {', '.join(missing)}", where=str(path),
+                fix="create it with `mstdiff prepare --source ... --out DIR`",
+            )
+        mode = "r" if mmap else None
+        traffic = np.load(path / "traffic.npy", mmap_mode=mode)
+        locations = np.load(path / "locations.npy", mmap_mode=mode)
+        stations = pd.read_parquet(path / "stations.parquet")
+        samples = pd.read_parquet(path / "samples.parquet")
+        meta = read_json(path / "meta.json")
+        ds = cls(traffic, locations, stations, samples, meta)
+        return ds
+
+
+def user_level_split(
+    ds: PreparedDataset,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Seeded split of sample positions into train/val/test with no user in two splits.
+
+    Users (not samples) are shuffled with ``numpy.random.default_rng(seed)`` and cut by the
+    cumulative ``fractions``; every sample of a user goes to that user's split. Returns sorted
+    position arrays keyed ``"train"``, ``"val"``, ``"test"``.
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+        raise InputError(
+            f"split fractions {fractions} must be three non-negative numbers summing to 1",
+            where="split", fix="e.g. --fractions 0.8 0.1 0.1",
+        )
+    users = ds.samples["user"].astype(str).to_numpy()
+    uniq = np.unique(users)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(uniq.size)
+    cuts = np.round(np.cumsum(fractions)[:2] * uniq.size).astype(int)
+    groups = np.split(uniq[perm], cuts)
+    out: dict[str, np.ndarray] = {}
+    for name, group in zip(("train", "val", "test"), groups):
+        out[name] = np.flatnonzero(np.isin(users, group))
+    return out
+
+
+def split_dataset(
+    ds: PreparedDataset, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> dict[str, PreparedDataset]:
+    """:func:`user_level_split` materialised as three datasets sharing the station table."""
+    parts = user_level_split(ds, fractions, seed)
+    return {
+        name: ds.subset(idx, split={"name": name, "seed": seed, "fractions": list(fractions)})
+        for name, idx in parts.items()
+    }
