@@ -103,6 +103,37 @@ class PreparedDataset:
         src = self.meta.get("source", "?")
         return f"PreparedDataset(source={src!r}, U={self.n_samples}, T={self.T}, N={self.n_stations})"
 
+    def summary(self) -> str:
+        """A short Markdown summary: counts, T, N, sparsity and value ranges (``mstdiff info``)."""
+        tr = self.traffic
+        active = tr > 0
+        users = self.samples["user"].astype(str)
+        moves = (np.diff(self.locations, axis=1) != 0).sum(axis=1) if self.n_samples else np.zeros(0)
+        srt = np.sort(self.locations, axis=1)
+        distinct = 1 + (np.diff(srt, axis=1) != 0).sum(axis=1)  # distinct stations per sample
+        visited = np.unique(self.locations).size if self.n_samples else 0
+        rows = [
+            ("source", self.meta.get("source", "?")),
+            ("samples (U)", f"{self.n_samples:,}"),
+            ("users", f"{users.nunique():,}"),
+            ("time bins (T)", f"{self.T} x {self.bin_minutes} min"),
+            ("stations (N)", f"{self.n_stations:,} ({visited:,} visited)"),
+            ("traffic unit", self.meta.get("traffic_unit", "?")),
+            ("active slots", f"{active.mean():.1%}" if tr.size else "-"),
+            ("traffic per active slot",
+             f"median {np.median(tr[active]):.3g}, mean {tr[active].mean():.3g}, max {tr.max():.3g}"
+             if active.any() else "-"),
+            ("active slots per sample", f"median {np.median(active.sum(1)):.0f}" if tr.size else "-"),
+            ("moves per sample", f"mean {moves.mean():.2f}" if moves.size else "-"),
+            ("distinct stations per sample", f"mean {distinct.mean():.2f}" if distinct.size else "-"),
+        ]
+        for reason, count in (self.meta.get("counts", {}).get("dropped") or {}).items():
+            rows.append((f"records dropped: {reason}", f"{count:,}"))
+        width = max(len(k) for k, _ in rows)
+        lines = [f"| {'field':<{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
+        lines += [f"| {k:<{width}} | {v} |" for k, v in rows]
+        return "\n".join(lines)
+
     # ------------------------------------------------------------------ checks
     def validate(self, where: str = "prepared dataset") -> None:
         """Raise :class:`InputError` if the arrays and tables are inconsistent."""
@@ -263,3 +294,22 @@ def split_dataset(
         name: ds.subset(idx, split={"name": name, "seed": seed, "fractions": list(fractions)})
         for name, idx in parts.items()
     }
+
+
+def save_splits(
+    ds: PreparedDataset,
+    out: str | os.PathLike[str],
+    *,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    overwrite: bool = False,
+) -> dict[str, PreparedDataset]:
+    """Write ``out/{train,val,test}`` as prepared datasets, atomically as one directory."""
+    parts = split_dataset(ds, fractions, seed)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for name, part in parts.items():
+            part.save(tmp / name)
+        write_json(tmp / "meta.json", run_meta(
+            stage="split", seed=seed, fractions=list(fractions), source=ds.meta.get("source"),
+            counts={k: v.n_samples for k, v in parts.items()}))
+    return parts

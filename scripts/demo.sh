@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# One command: set up .venv and run the offline demo end to end on the synthetic city.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+# shellcheck disable=SC1091
+. .venv/bin/activate
+OUT="${1:-runs/demo}"
+mstdiff run configs/demo.yaml --out "$OUT" --overwrite
+echo
+cat "$OUT/evaluate/metrics.md"
+echo
+echo "Run directory: $OUT (plots under $OUT/evaluate/plots)"

@@ -1,0 +1,125 @@
+"""Training plumbing shared by MSTDiff and the learned baselines.
+
+EMA of weights, atomic checkpoints, learning-rate schedules, device selection, and a
+process-local RNG scope (so dropout is reproducible without seeding the caller's global RNG).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mstdiff.errors import InputError
+from mstdiff.io import atomic_write_bytes
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"`` → CUDA if available, else CPU; ``"cpu"``/``"cuda"``/``"cuda:1"`` as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(
+            f"device {name!r} requested but CUDA is not available",
+            where="train.device", fix="use device: cpu (or auto), or install the CUDA build of PyTorch",
+        )
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise InputError(f"unknown device {name!r} ({exc})", where="train.device",
+                         fix="use auto, cpu, cuda or cuda:K") from None
+
+
+@contextlib.contextmanager
+def local_rng(seed: int, state: torch.Tensor | None = None) -> Iterator[None]:
+    """Seed (or restore) torch's default CPU generator inside the block only.
+
+    Dropout and parameter initialisation draw from torch's global generator; this scope makes them
+    reproducible while leaving the caller's global RNG state as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        if state is not None:
+            torch.set_rng_state(state)
+        else:
+            torch.manual_seed(seed)
+        yield
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point parameters and buffers.
+
+    ``shadow ← decay · shadow + (1 − decay) · θ`` after each optimiser step, with the usual warm-up
+    ``decay_t = min(decay, (1 + t) / (10 + t))`` so early averages are not dominated by the init.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
+        self.decay = decay
+        self.num_updates = 0
+        self.shadow = copy.deepcopy(model).eval()
+        for p in self.shadow.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.num_updates += 1
+        d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        for s, p in zip(self.shadow.state_dict().values(), model.state_dict().values()):
+            if s.dtype.is_floating_point:
+                s.mul_(d).add_(p.detach(), alpha=1 - d)
+            else:
+                s.copy_(p)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": self.shadow.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decay = state["decay"]
+        self.num_updates = state["num_updates"]
+        self.shadow.load_state_dict(state["shadow"])
+
+
+def lr_lambda(kind: str, total_steps: int, warmup_steps: int = 0, step_every: int = 1000,
+              gamma: float = 0.5, min_factor: float = 0.05) -> Any:
+    """Multiplicative LR factor per step: linear warm-up then ``cosine``, ``step`` or ``constant``."""
+    if kind not in ("cosine", "step", "constant"):
+        raise InputError(f"unknown lr schedule {kind!r}", where="train.schedule",
+                         fix="use cosine, step or constant")
+
+    def f(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if kind == "constant":
+            return 1.0
+        if kind == "step":
+            return gamma ** ((step - warmup_steps) // max(step_every, 1))
+        progress = min(1.0, (step - warmup_steps) / max(total_steps - warmup_steps, 1))
+        return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
+    """``torch.save`` to a temp file then rename: a crash never leaves a truncated checkpoint."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("checkpoint not found", where=str(path),
+                         fix="train first, or point to the run directory's checkpoint")
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
