@@ -1,0 +1,485 @@
+"""Training and sampling of MSTDiff (paper Algorithms 1 and 2) with exact resume.
+
+A trained model directory holds ``model.pt`` (EMA weights, configs, traffic scaler, the path of the
+transition process), ``checkpoint.pt`` (everything needed to continue training exactly),
+``history.jsonl`` (losses), ``config.yaml`` and ``meta.json``.
+
+Reproducibility: data order comes from a generator seeded with ``(seed, epoch)``, diffusion noise
+from one generator whose state is checkpointed, dropout from torch's default generator inside a
+:func:`~mstdiff.training.utils.local_rng` scope whose state is checkpointed too. So an interrupted
+run resumed with ``resume=True`` ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.lib.format import open_memmap
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mstdiff.config import dump_yaml, from_dict, to_dict
+from mstdiff.data.dataset import PreparedDataset, normalisation_stats
+from mstdiff.data.scaling import TrafficScaler
+from mstdiff.diffusion.gaussian import GaussianConfig, GaussianDiffusion
+from mstdiff.diffusion.hybrid import HybridConfig, HybridDiffusion
+from mstdiff.errors import InputError
+from mstdiff.io import atomic_dir, atomic_write_text, run_meta, write_json
+from mstdiff.models.denoiser import DenoiserConfig, MSTDiffDenoiser
+from mstdiff.models.losses import training_loss
+from mstdiff.models.vqvae import VQVAE
+from mstdiff.models.wavelet import dwt, idwt
+from mstdiff.training.utils import EMA, load_checkpoint, local_rng, lr_lambda, resolve_device, save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20  # passes over the training samples
+    max_steps: int | None = None  # stop after this many optimiser steps (None: run all epochs)
+    batch_size: int = 64  # samples per optimiser step
+    lr: float = 1e-3  # AdamW peak learning rate
+    weight_decay: float = 0.01  # AdamW decay of matrices and embeddings (not biases / norms)
+    schedule: str = "cosine"  # cosine | step | constant, after a linear warm-up
+    warmup_steps: int = 50  # linear warm-up steps
+    grad_clip: float = 1.0  # max global gradient norm (0: no clipping)
+    ema_decay: float = 0.995  # EMA of weights used for validation and sampling
+    loss_weights: tuple[float, float, float] = (1.0, 1.0, 0.1)  # λ1 traffic MSE, λ2 KL, λ3 CE
+    val_batches: int = 8  # validation batches per epoch (fixed noise: comparable across epochs)
+    checkpoint_every: int = 200  # optimiser steps between checkpoints (and one per epoch)
+    log_every: int = 25  # optimiser steps between history lines
+    seed: int = 0  # seeds data order, noise, dropout and initial weights
+    device: str = "auto"  # auto | cpu | cuda | cuda:K
+    num_threads: int | None = None  # torch intra-op threads on CPU (None: torch's default)
+    progress: bool = True  # tqdm progress bar
+
+
+@dataclass
+class ModelConfig:
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    gaussian: GaussianConfig = field(default_factory=GaussianConfig)
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    history: list[dict[str, float]]
+    seconds: float
+    samples_per_second: float
+    peak_rss_mb: float
+
+
+# ----------------------------------------------------------------------------- tensors
+
+
+def encode_series(ds: PreparedDataset, scaler: TrafficScaler, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Clean wavelet coefficients ``w0 (U, T)`` of scaled traffic and station ids ``l0 (U, T)``."""
+    m = torch.from_numpy(np.asarray(ds.traffic, dtype=np.float32)).to(device)
+    w0 = dwt(scaler.encode(m))  # (U, T)
+    l0 = torch.from_numpy(np.asarray(ds.locations, dtype=np.int64)).to(device)  # (U, T)
+    return w0, l0
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (Linux reports KiB, macOS bytes)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024 / 1024 if sys.platform == "darwin" else r / 1024
+
+
+# ----------------------------------------------------------------------------- model bundle
+
+
+@dataclass
+class MSTDiff:
+    """A trained MSTDiff: denoiser (EMA weights), hybrid process and traffic scaler."""
+
+    denoiser: MSTDiffDenoiser
+    hybrid: HybridDiffusion
+    scaler: TrafficScaler
+    config: ModelConfig
+
+    def to(self, device: torch.device | str) -> MSTDiff:
+        self.denoiser.to(device)
+        self.hybrid.to(device)
+        return self
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, *, generator: torch.Generator, device: torch.device | str | None = None,
+        progress: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Algorithm 2 for ``n`` samples: traffic ``(n, T)`` float32 ≥ 0 and station ids ``(n, T)``."""
+        T = self.config.denoiser.seq_len
+        out = self.hybrid.sample(self.denoiser, n, T, generator, device=device, progress=progress)
+        traffic = self.scaler.decode(idwt(out.w0)).float().cpu().numpy()
+        return traffic.astype(np.float32), out.l0.cpu().numpy().astype(np.int32)
+
+    def save(
+        self, path: str | os.PathLike[str], *, transition_path: str | None, meta: dict[str, Any]
+    ) -> None:
+        save_checkpoint(path, {
+            "kind": "mstdiff-model",
+            "config": to_dict(self.config),
+            "state_dict": {k: v.detach().cpu() for k, v in self.denoiser.state_dict().items()},
+            "vqvae_config": (dataclasses.asdict(self.denoiser.vqvae.config)
+                             if self.denoiser.vqvae is not None else None),
+            "scaler": self.scaler.to_dict(),
+            "transition_path": transition_path,
+            "meta": meta,
+        })
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, discrete: Any = None,
+             map_location: str | torch.device = "cpu") -> MSTDiff:
+        """Rebuild from ``model.pt``; the transition is read from its recorded path unless given."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "model.pt"
+        payload = load_checkpoint(path, map_location)
+        if payload.get("kind") != "mstdiff-model":
+            raise InputError("not an MSTDiff model file", where=str(path),
+                             fix="point to the model.pt written by `mstdiff train`")
+        config = from_dict(ModelConfig, payload["config"], where=f"{path}:config")
+        vqvae = None
+        if payload["vqvae_config"] is not None:
+            from mstdiff.models.vqvae import VQVAEConfig
+
+            vqvae = VQVAE(VQVAEConfig(**payload["vqvae_config"]))
+        denoiser = MSTDiffDenoiser(config.denoiser, vqvae)
+        denoiser.load_state_dict(payload["state_dict"])
+        if discrete is None:
+            discrete = load_transition(_resolve_relative(payload["transition_path"], path.parent))
+        hybrid = HybridDiffusion(GaussianDiffusion(config.gaussian), discrete, config.hybrid)
+        return cls(denoiser, hybrid, TrafficScaler.from_dict(payload["scaler"]), config).to(map_location)
+
+
+def _resolve_relative(p: str | None, base: Path) -> Path:
+    if p is None:
+        raise InputError("the model file records no transition process",
+                         fix="pass the transition explicitly (discrete=...)")
+    cand = Path(p)
+    return cand if cand.is_absolute() else (base / cand)
+
+
+def load_transition(path: str | os.PathLike[str]) -> Any:
+    """Load a :class:`~mstdiff.diffusion.discrete.GraphTransition` written by ``mstdiff kg transition``."""
+    from mstdiff.diffusion.discrete import GraphTransition
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "transition.pt"
+    if not path.exists():
+        raise InputError("transition process not found", where=str(path),
+                         fix="build it with `mstdiff kg transition`")
+    return GraphTransition.load(path)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    return torch.randperm(n, generator=g)
+
+
+@torch.no_grad()
+def validation_loss(model: MSTDiffDenoiser, hybrid: HybridDiffusion, w0: Tensor, l0: Tensor,
+                    cfg: TrainConfig) -> dict[str, float]:
+    """Mean loss parts over up to ``val_batches`` batches with fixed noise (same every call)."""
+    if w0.shape[0] == 0:
+        return {}
+    was = model.training
+    model.eval()
+    gen = torch.Generator(device=w0.device).manual_seed(cfg.seed + 7919)
+    sums: dict[str, float] = {}
+    nb = 0
+    for b in range(min(cfg.val_batches, math.ceil(w0.shape[0] / cfg.batch_size))):
+        sl = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
+        _, parts = training_loss(model, hybrid, w0[sl], l0[sl], gen, cfg.loss_weights)
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        nb += 1
+    model.train(was)
+    return {f"val_{k}": v / nb for k, v in sums.items()}
+
+
+def build_model(config: ModelConfig, discrete: Any, vqvae: VQVAE | None, *, seed: int,
+                station_embeddings: Tensor | None = None) -> tuple[MSTDiffDenoiser, HybridDiffusion]:
+    if config.denoiser.num_stations != discrete.num_states:
+        raise InputError(
+            f"denoiser num_stations = {config.denoiser.num_stations} but the transition process has "
+            f"{discrete.num_states} states", fix="build the transition from the same prepared dataset")
+    gen = torch.Generator().manual_seed(seed)
+    denoiser = MSTDiffDenoiser(config.denoiser, vqvae if config.denoiser.use_vqvae else None,
+                               station_embeddings=station_embeddings, generator=gen)
+    hybrid = HybridDiffusion(GaussianDiffusion(config.gaussian), discrete, config.hybrid)
+    return denoiser, hybrid
+
+
+def train_mstdiff(
+    train: PreparedDataset,
+    val: PreparedDataset | None,
+    *,
+    discrete: Any,
+    vqvae: VQVAE | None,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    out_dir: str | os.PathLike[str],
+    transition_path: str | None = None,
+    station_embeddings: Tensor | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train MSTDiff (Algorithm 1) and write ``model.pt`` (EMA weights) into ``out_dir``.
+
+    With ``resume=True`` and a ``checkpoint.pt`` in ``out_dir``, training continues exactly where it
+    stopped. Ctrl-C writes a checkpoint before stopping, so nothing is lost.
+    """
+    cfg = train_config
+    out = Path(out_dir)
+    ckpt_path = out / "checkpoint.pt"
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise InputError("training output directory is not empty", where=str(out),
+                         fix="pass --resume to continue it, or choose a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    model_config = dataclasses.replace(
+        model_config,
+        denoiser=dataclasses.replace(model_config.denoiser, num_stations=train.n_stations, seq_len=train.T),
+    )
+    atomic_write_text(out / "config.yaml", dump_yaml({"model": model_config, "train": cfg}))
+
+    scaler = TrafficScaler.fit(train.traffic)
+    w0, l0 = encode_series(train, scaler, device)
+    wv, lv = encode_series(val, scaler, device) if val is not None else (w0[:0], l0[:0])
+    denoiser, hybrid = build_model(model_config, discrete, vqvae, seed=cfg.seed,
+                                   station_embeddings=station_embeddings)
+    denoiser.to(device)
+    hybrid.to(device)
+    opt = torch.optim.AdamW(denoiser.optimizer_groups(cfg.weight_decay), lr=cfg.lr)
+    U, B = w0.shape[0], cfg.batch_size
+    if U == 0:
+        raise InputError("the training set is empty", where="train", fix="check the split fractions")
+    per_epoch = math.ceil(U / B)
+    total = min(cfg.epochs * per_epoch, cfg.max_steps or 10**12)  # optimiser steps in all
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.schedule, total, cfg.warmup_steps))
+    ema = EMA(denoiser, cfg.ema_decay)
+    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+
+    # position: the next batch to run is batch `batch` of epoch `epoch`
+    step, epoch, batch = 0, 0, 0
+    history: list[dict[str, float]] = []
+    running: dict[str, float] = {}
+    rng_state: Tensor | None = None
+    if resume and ckpt_path.exists():
+        st = load_checkpoint(ckpt_path, device)
+        denoiser.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        ema.load_state_dict(st["ema"])
+        noise_gen.set_state(st["noise_gen"].cpu() if device.type == "cpu" else st["noise_gen"])
+        rng_state = st["torch_rng"].cpu()
+        step, epoch, batch = st["step"], st["epoch"], st["batch"]
+        history, running = st["history"], st["running"]
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", ckpt_path, step, epoch, batch)
+
+    def checkpoint() -> None:
+        save_checkpoint(ckpt_path, {
+            "model": denoiser.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+            "ema": ema.state_dict(), "noise_gen": noise_gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "step": step, "epoch": epoch, "batch": batch, "history": history, "running": running,
+        })
+
+    def end_epoch() -> None:
+        """Validate with the EMA weights (fixed noise) and move to the next epoch."""
+        nonlocal epoch, batch
+        epoch, batch = epoch + 1, 0
+        vrec = validation_loss(ema.shadow, hybrid, wv, lv, cfg)
+        if vrec:
+            history.append({"step": step, "epoch": epoch, **vrec})
+            logger.info("epoch %d: %s", epoch, vrec)
+
+    t0 = time.perf_counter()
+    steps_at_start = step
+    order, order_epoch = torch.empty(0, dtype=torch.long), -1
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not cfg.progress)
+    with local_rng(cfg.seed, rng_state):
+        denoiser.train()
+        try:
+            while step < total:
+                if batch == per_epoch:
+                    end_epoch()
+                    checkpoint()
+                    continue
+                if order_epoch != epoch:
+                    order, order_epoch = _epoch_order(U, cfg.seed, epoch).to(device), epoch
+                idx = order[batch * B:(batch + 1) * B]
+                loss, parts = training_loss(denoiser, hybrid, w0[idx], l0[idx], noise_gen, cfg.loss_weights)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(denoiser.trainable_parameters(), cfg.grad_clip)
+                opt.step()
+                sched.step()
+                ema.update(denoiser)
+                step, batch = step + 1, batch + 1
+                for k, v in parts.items():
+                    running[k] = running.get(k, 0.0) + float(v)
+                running["n"] = running.get("n", 0.0) + 1
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == total:
+                    n = running.pop("n")
+                    rec = {"step": step, "epoch": epoch, "lr": sched.get_last_lr()[0],
+                           **{k: v / n for k, v in running.items()}}
+                    history.append(rec)
+                    bar.set_postfix(loss=f"{rec['total']:.4f}")
+                    running = {}
+                if step % cfg.checkpoint_every == 0:
+                    checkpoint()
+            if batch == per_epoch:  # the last epoch's validation
+                end_epoch()
+        except KeyboardInterrupt:
+            logger.warning("interrupted at step %d: writing %s (continue with --resume)", step, ckpt_path)
+            checkpoint()
+            raise
+        finally:
+            bar.close()
+        checkpoint()
+    seconds = time.perf_counter() - t0
+    done = step - steps_at_start
+    sps = done * B / seconds if seconds > 0 else 0.0
+    ema.shadow.eval()
+    bundle = MSTDiff(ema.shadow, hybrid, scaler, model_config)
+    meta = run_meta(stage="train", steps=step, epochs=epoch, samples_per_second=sps,
+                    train_samples=U, val_samples=int(wv.shape[0]), device=str(device),
+                    trainable_parameters=denoiser.num_parameters(), peak_rss_mb=peak_rss_mb(),
+                    seconds=seconds)
+    bundle.save(out / "model.pt", transition_path=transition_path, meta=meta)
+    atomic_write_text(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    write_json(out / "meta.json", meta)
+    return TrainResult(out, step, history, seconds, sps, peak_rss_mb())
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def generate(
+    model: MSTDiff,
+    like: PreparedDataset,
+    n: int,
+    out: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+    source: str = "mstdiff",
+) -> PreparedDataset:
+    """Sample ``n`` series in batches, streamed to ``.npy`` files on disk (bounded memory).
+
+    ``like`` supplies the station table. The output is a prepared dataset, so ``mstdiff evaluate``
+    reads it like real data. Same seed and batch size → identical output.
+    """
+    if n <= 0:
+        raise InputError(f"--n must be positive, got {n}", where="generate")
+    dev = resolve_device(device)
+    model.to(dev)
+    T = model.config.denoiser.seq_len
+    if like.n_stations != model.hybrid.num_states:
+        raise InputError(
+            f"the station table has {like.n_stations} stations, the model {model.hybrid.num_states}",
+            fix="pass the dataset the model was trained on")
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    t0 = time.perf_counter()
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        traffic = open_memmap(tmp / "traffic.npy", mode="w+", dtype=np.float32, shape=(n, T))
+        locations = open_memmap(tmp / "locations.npy", mode="w+", dtype=np.int32, shape=(n, T))
+        with tqdm(total=n, desc="generate", unit="sample", disable=not progress) as bar:
+            for start in range(0, n, batch_size):
+                k = min(batch_size, n - start)
+                tr, lo = model.sample(k, generator=gen, device=dev)
+                traffic[start:start + k] = tr
+                locations[start:start + k] = lo
+                bar.update(k)
+        traffic.flush()
+        locations.flush()
+        seconds = time.perf_counter() - t0
+        if not np.isfinite(traffic).all():  # never commit an invalid set
+            raise RuntimeError("generated traffic is not finite; the model or its scaler is broken")
+        import pandas as pd
+
+        like.stations.assign(station_id=like.stations["station_id"].astype(str)).to_parquet(
+            tmp / "stations.parquet", index=False)
+        pd.DataFrame({"user": [f"gen{i:07d}" for i in range(n)], "start": [""] * n}).to_parquet(
+            tmp / "samples.parquet", index=False)
+        write_json(tmp / "meta.json", run_meta(
+            source=source, format_version=1, bin_minutes=like.bin_minutes, T=T,
+            traffic_unit=like.meta.get("traffic_unit", "unknown"),
+            counts={"samples": n, "stations": like.n_stations},
+            normalisation=normalisation_stats(np.asarray(traffic)),
+            generation={"seed": seed, "batch_size": batch_size, "device": str(dev), "seconds": seconds,
+                        "samples_per_second": n / seconds if seconds > 0 else None,
+                        "steps": model.hybrid.num_steps,
+                        "location_input": model.config.hybrid.location_input},
+            stations_from=like.meta.get("source"),
+        ))
+    logger.info("generated %d samples in %.1f s (%.2f samples/s)", n, seconds, n / max(seconds, 1e-9))
+    return PreparedDataset.load(out)
+
+
+# ----------------------------------------------------------------------------- VQ-VAE stage
+
+
+def pretrain_vqvae_stage(
+    train: PreparedDataset,
+    out_dir: str | os.PathLike[str],
+    config: Any = None,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    overwrite: bool = False,
+) -> VQVAE:
+    """Pre-train the VQ-VAE on one coefficient set of the scaled training traffic (paper eq. 9).
+
+    Writes ``vqvae.pt`` (config + weights + per-epoch history), ``history.json`` and ``meta.json``
+    with the final codebook perplexity and dead-code count. Dead codes are logged as a warning.
+    """
+    from mstdiff.models.vqvae import VQVAEConfig, pretrain_vqvae
+    from mstdiff.models.wavelet import scale_coeffs
+
+    config = config or VQVAEConfig()
+    dev = resolve_device(device)
+    scaler = TrafficScaler.fit(train.traffic)
+    w0, _ = encode_series(train, scaler, dev)
+    coeffs = scale_coeffs(w0, config.scale)  # (U, L)
+    t0 = time.perf_counter()
+    model, history = pretrain_vqvae(coeffs, config, seed=seed, device=dev, progress=progress)
+    last = history[-1] if history else {}
+    if last.get("dead_codes", 0):
+        logger.warning("VQ-VAE: %d of %d codes unused in the last epoch (perplexity %.1f)",
+                       last["dead_codes"], config.num_codes, last.get("perplexity", float("nan")))
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        model.save_checkpoint(tmp / "vqvae.pt", history=history)
+        write_json(tmp / "history.json", history)
+        write_json(tmp / "meta.json", run_meta(
+            stage="pretrain-vqvae", config=dataclasses.asdict(config), seed=seed, device=str(dev),
+            train_samples=train.n_samples, seconds=time.perf_counter() - t0, final=last))
+    return model
