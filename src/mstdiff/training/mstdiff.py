@@ -20,6 +20,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,11 +244,13 @@ def train_mstdiff(
     transition_path: str | None = None,
     station_embeddings: Tensor | None = None,
     resume: bool = False,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train MSTDiff (Algorithm 1) and write ``model.pt`` (EMA weights) into ``out_dir``.
 
     With ``resume=True`` and a ``checkpoint.pt`` in ``out_dir``, training continues exactly where it
-    stopped. Ctrl-C writes a checkpoint before stopping, so nothing is lost.
+    stopped. Ctrl-C writes a checkpoint before stopping, so nothing is lost. ``callback(step, parts)``
+    is called after every optimiser step with the detached loss parts.
     """
     cfg = train_config
     out = Path(out_dir)
@@ -343,6 +346,8 @@ def train_mstdiff(
                     running[k] = running.get(k, 0.0) + float(v)
                 running["n"] = running.get("n", 0.0) + 1
                 bar.update(1)
+                if callback is not None:
+                    callback(step, {k: float(v) for k, v in parts.items()})
                 if step % cfg.log_every == 0 or step == total:
                     n = running.pop("n")
                     rec = {"step": step, "epoch": epoch, "lr": sched.get_last_lr()[0],

@@ -1,0 +1,266 @@
+"""The hybrid process: Gaussian noise on traffic coefficients and graph noise on locations.
+
+MSTDiff (Algorithms 1 and 2) diffuses the two modalities with separate schedules but ONE shared
+step ``s`` per sample: the pair ``(w_s, l_s)`` is noised to the same step, the network sees both
+and predicts ``ε̂`` and the logits ``z`` of ``p_θ(l0 | l_s, w_s, s)``, and a reverse step moves
+both from ``s`` to ``s − 1``.
+
+The discrete process is duck-typed (:class:`DiscreteProcess`; the package's implementation is
+``mstdiff.diffusion.discrete.GraphTransition``). This module imports no network code: the
+denoiser is any callable ``model(w_s, loc, s) -> out`` with ``out.eps (B, T)`` and
+``out.logits (B, T, N)``.
+
+Location input of the network (``location_input``):
+
+- ``"sampled"`` (default, the D3PM convention): the network gets the sampled ids ``l_s (B, T)``.
+- ``"soft"`` (the paper's): the network gets a probability vector over the N stations, in training
+  ``q(l_s | l0)`` (:meth:`DiscreteProcess.marginal`), in sampling the running vector
+  ``p_θ(l_s | l_{s+1})`` of the previous reverse step (uniform at ``s = S``). In training this
+  vector reveals ``l0`` almost exactly at small ``s``; in sampling it does not (a train/sample
+  mismatch, DESIGN §1), which is why it is not the default.
+
+Last step: at ``s = 1`` the reverse distribution is ``reverse_probs(z, l_1, 1)``; with
+``Q̄_0 = I`` it is ``∝ Q_1[:, l_1] ⊙ softmax(z)``, i.e. the network's ``l0`` prediction
+reweighted by the likelihood of the observed ``l_1``. ``final_location="sample"`` (default) draws
+``l0`` from it (ancestral sampling, keeps the model's diversity); ``"argmax"`` takes its mode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mstdiff.diffusion.gaussian import GaussianDiffusion, randn
+from mstdiff.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+LOCATION_INPUTS = ("sampled", "soft")
+FINAL_LOCATIONS = ("sample", "argmax")
+
+
+@runtime_checkable
+class DiscreteProcess(Protocol):
+    """What the hybrid needs of a discrete (location) noise process; steps s = 1..S, s = 0 identity."""
+
+    num_states: int  # N
+    num_steps: int  # S
+
+    def q_sample(self, l0: Tensor, s: Tensor, generator: torch.Generator | None) -> Tensor:
+        """``l_s ~ Cat(onehot(l0) Q̄_s)``: Long[B, T]."""
+        ...
+
+    def marginal(self, l0: Tensor, s: Tensor) -> Tensor:
+        """``q(l_s | l0)``: Float[B, T, N]."""
+        ...
+
+    def posterior(self, x0: Tensor, l_s: Tensor, s: Tensor) -> Tensor:
+        """``q(l_{s-1} | l_s, x0)`` for ids Long[B, T] or probabilities Float[B, T, N]: Float[B, T, N]."""
+        ...
+
+    def reverse_probs(self, logits_x0: Tensor, l_s: Tensor, s: Tensor) -> Tensor:
+        """``p_θ(l_{s-1} | l_s) ∝ Q_s[:, l_s] ⊙ (softmax(z) Q̄_{s-1})``: Float[B, T, N], differentiable."""
+        ...
+
+
+class DenoiserOutputLike(Protocol):
+    eps: Tensor  # (B, T)
+    logits: Tensor  # (B, T, N)
+
+
+Denoiser = Callable[[Tensor, Tensor, Tensor], Any]  # model(w_s, loc, s) -> DenoiserOutputLike
+
+
+@dataclass
+class HybridConfig:
+    """How the two processes are combined."""
+
+    location_input: str = "sampled"  # "sampled": network gets ids l_s (D3PM); "soft": probabilities (paper)
+    final_location: str = "sample"  # last step: "sample" l0 from p_θ(l0 | l_1) or take its "argmax"
+
+    def __post_init__(self) -> None:
+        if self.location_input not in LOCATION_INPUTS:
+            raise InputError(
+                f"location_input = {self.location_input!r} is unknown", fix=f"use one of {LOCATION_INPUTS}"
+            )
+        if self.final_location not in FINAL_LOCATIONS:
+            raise InputError(
+                f"final_location = {self.final_location!r} is unknown", fix=f"use one of {FINAL_LOCATIONS}"
+            )
+
+
+class Noised(NamedTuple):
+    """A training pair noised to step s."""
+
+    w_s: Tensor  # (B, T)
+    eps: Tensor  # (B, T), the Gaussian noise used
+    l_s: Tensor  # (B, T) long
+
+
+@dataclass
+class HybridStepOutput:
+    """One joint reverse step s → s − 1."""
+
+    w_prev: Tensor  # w_{s-1}, (B, T)
+    l_prev: Tensor  # l_{s-1}, (B, T) long
+    l_prev_probs: Tensor  # p_θ(l_{s-1} | l_s), (B, T, N): the network's next soft location input
+    w0_hat: Tensor  # ŵ_0 implied by ε̂, (B, T)
+
+
+class HybridSample(NamedTuple):
+    """Output of :meth:`HybridDiffusion.sample`."""
+
+    w0: Tensor  # wavelet coefficients (n, T); the series is mstdiff.models.wavelet.idwt(w0)
+    l0: Tensor  # station ids (n, T) long
+
+
+def sample_categorical(probs: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One draw per row of ``probs (..., N)`` (rows need not be normalised): Long[...].
+
+    Inverse-CDF sampling with one uniform per row, drawn on the generator's device, so the result
+    does not depend on where ``probs`` lives. A state of probability 0 is never drawn.
+    """
+    cdf = probs.double().cumsum(-1)  # (..., N); float64 keeps the cumulative sums exact enough
+    gen_device = generator.device if generator is not None else probs.device
+    u = torch.rand(probs.shape[:-1], generator=generator, device=gen_device, dtype=torch.float64).to(
+        probs.device
+    )
+    target = (u * cdf[..., -1]).unsqueeze(-1)  # (..., 1)
+    idx = torch.searchsorted(cdf, target, right=True).squeeze(-1)  # (...)
+    return idx.clamp_(max=probs.shape[-1] - 1)
+
+
+def sample_steps(
+    batch_size: int,
+    num_steps: int,
+    generator: torch.Generator | None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Uniform training steps ``s ∈ {1..S}``: Long[B]."""
+    gen_device = generator.device if generator is not None else device
+    return torch.randint(1, num_steps + 1, (batch_size,), generator=generator, device=gen_device).to(device)
+
+
+class HybridDiffusion:
+    """Joint Gaussian (traffic) + discrete (location) diffusion with one shared step per sample."""
+
+    def __init__(
+        self,
+        gaussian: GaussianDiffusion,
+        discrete: DiscreteProcess,
+        config: HybridConfig | None = None,
+    ) -> None:
+        if gaussian.num_steps != discrete.num_steps:
+            raise InputError(
+                f"the traffic process has {gaussian.num_steps} steps but the location process has "
+                f"{discrete.num_steps}",
+                fix="use the same number of diffusion steps S for both branches",
+            )
+        self.gaussian = gaussian
+        self.discrete = discrete
+        self.config = config or HybridConfig()
+
+    @property
+    def num_steps(self) -> int:
+        """S, shared by both branches."""
+        return self.gaussian.num_steps
+
+    @property
+    def num_states(self) -> int:
+        """N, number of stations."""
+        return int(self.discrete.num_states)
+
+    def to(self, device: torch.device | str) -> HybridDiffusion:
+        """Move both processes (the discrete one if it supports ``.to``)."""
+        self.gaussian.to(device)
+        move = getattr(self.discrete, "to", None)
+        if callable(move):
+            moved = move(device)
+            if moved is not None:
+                self.discrete = moved
+        return self
+
+    # -- training (Algorithm 1) -------------------------------------------------------------
+
+    def sample_steps(
+        self, batch_size: int, generator: torch.Generator | None, device: torch.device | str | None = None
+    ) -> Tensor:
+        """Uniform training steps ``s ∈ {1..S}``: Long[B]."""
+        return sample_steps(batch_size, self.num_steps, generator, device)
+
+    def noise(self, w0: Tensor, l0: Tensor, s: Tensor, generator: torch.Generator | None) -> Noised:
+        """Noise ``w0 (B, T)`` and ``l0 (B, T)`` to the same step ``s (B,)``: ``(w_s, ε, l_s)``."""
+        if w0.shape != l0.shape:
+            raise ValueError(f"traffic {tuple(w0.shape)} and locations {tuple(l0.shape)} differ in shape")
+        eps = randn(w0.shape, generator=generator, device=w0.device, dtype=w0.dtype)
+        w_s = self.gaussian.add_noise(w0, eps, s)
+        l_s = self.discrete.q_sample(l0, s, generator)
+        return Noised(w_s, eps, l_s)
+
+    def location_input(self, l0: Tensor, l_s: Tensor, s: Tensor) -> Tensor:
+        """The network's location input in training: ``l_s (B, T)`` or ``q(l_s | l0) (B, T, N)``."""
+        if self.config.location_input == "soft":
+            return self.discrete.marginal(l0, s)
+        return l_s
+
+    # -- sampling (Algorithm 2) -------------------------------------------------------------
+
+    def step(
+        self, out: DenoiserOutputLike, w_s: Tensor, l_s: Tensor, s: Tensor, generator: torch.Generator | None
+    ) -> HybridStepOutput:
+        """Reverse step s → s − 1: DDPM step for w, a draw from ``p_θ(l_{s-1} | l_s)`` for l."""
+        g = self.gaussian.step(out.eps, s, w_s, generator)
+        probs = self.discrete.reverse_probs(out.logits, l_s, s)  # (B, T, N)
+        l_prev = sample_categorical(probs, generator)  # (B, T)
+        if self.config.final_location == "argmax":
+            last = (s == 1).view(-1, *([1] * (l_prev.dim() - 1)))  # (B, 1)
+            l_prev = torch.where(last, probs.argmax(-1), l_prev)
+        return HybridStepOutput(
+            w_prev=g.prev_sample, l_prev=l_prev, l_prev_probs=probs, w0_hat=g.pred_original_sample
+        )
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: Denoiser,
+        n: int,
+        T: int,
+        generator: torch.Generator | None,
+        *,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+    ) -> HybridSample:
+        """Algorithm 2: ``w_S ~ N(0, I)``, ``l_S ~ Uniform``; for s = S..1 one network call and one step.
+
+        Runs the model in eval mode (restoring its mode afterwards). ``device`` defaults to the
+        device of the Gaussian schedule's buffers.
+        """
+        device = torch.device(device) if device is not None else self.gaussian.betas.device
+        N, S = self.num_states, self.num_steps
+        w = randn((n, T), generator=generator, device=device)  # (n, T)
+        gen_device = generator.device if generator is not None else device
+        l = torch.randint(0, N, (n, T), generator=generator, device=gen_device).to(device)  # (n, T)
+        soft = self.config.location_input == "soft"
+        probs = torch.full((n, T, N), 1.0 / N, device=device) if soft else None  # (n, T, N)
+        was_training = bool(getattr(model, "training", False))
+        set_mode = getattr(model, "train", None)
+        if callable(set_mode):
+            set_mode(False)
+        try:
+            for step in tqdm(range(S, 0, -1), desc="sampling", unit="step", disable=not progress):
+                s = torch.full((n,), step, dtype=torch.long, device=device)
+                out = model(w, probs if probs is not None else l, s)
+                nxt = self.step(out, w, l, s, generator)
+                w, l = nxt.w_prev, nxt.l_prev
+                if soft:
+                    probs = nxt.l_prev_probs
+        finally:
+            if callable(set_mode):
+                set_mode(was_training)
+        return HybridSample(w0=w, l0=l)

@@ -1,0 +1,416 @@
+"""The MSTDiff denoiser: a multi-scale transformer with cross-attention between traffic and locations.
+
+Reads top to bottom (DESIGN §1):
+
+1. embeddings: the diffusion step (sinusoidal + MLP), time-aligned sinusoidal positions, a
+   traffic/location type embedding, and the station table ``E (N, d)`` used both to embed the
+   location input (ids → ``E[l]``; probabilities → ``p @ E``) and, tied, to score stations at the
+   output;
+2. one :class:`Stage` per wavelet scale, coarse to fine (cA3, cD3, cD2, cD1). A stage builds
+   traffic tokens from its noisy coefficients (at the VQ-VAE's scale, cA3 by default, fused with
+   the frozen VQ-VAE's codes through a learned gate) and location tokens from the location
+   embedding average-pooled to its length; it adds the upsampled tokens of the previous (coarser)
+   stage, runs ``layers_per_stage`` layers of self-attention + cross-attention in both directions
+   (traffic ↔ location) + MLP, and predicts ε for its coefficients;
+3. ε̂ = the per-scale predictions concatenated in coefficient order, aligned with ``w``;
+4. location logits at full resolution, aligned with time: the finest stage's location tokens
+   (length T/2) upsampled to T and added to a full-resolution path built from the location input
+   itself, ``final_layers`` layers attending to themselves and to the finest traffic tokens, then
+   dot products with the station table: cost O(B·T·N·d), no (N, N) table anywhere.
+
+N only enters through the station table and the logits, so N = 5,000 costs 5,000·d parameters.
+Token positions are the centre times of the slots a token covers (token i of a scale with stride
+r sits at ``r·i + (r−1)/2``), so tokens of different scales describing the same time share a
+position code.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mstdiff.data import check_T
+from mstdiff.errors import InputError
+from mstdiff.models.vqvae import VQVAE, init_weights_
+from mstdiff.models.wavelet import SCALES, scale_slices
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DenoiserConfig:
+    """Architecture of :class:`MSTDiffDenoiser` (nanoGPT-style: one comment per default)."""
+
+    num_stations: int = 0  # N, number of base stations; 0 = not set yet: fill in from the dataset
+    seq_len: int = 48  # T, time bins per sample (48 = a day at 30 min, 336 = a week); multiple of 8
+    d_model: int = 128  # width of every token; the station table is (N, d_model)
+    n_heads: int = 4  # attention heads (must divide d_model): 32 dims per head by default
+    layers_per_stage: int = 2  # cross-attention transformer layers per wavelet scale (4 scales)
+    final_layers: int = 1  # full-resolution location layers after the finest stage
+    mlp_ratio: int = 4  # hidden width of every MLP = mlp_ratio * d_model (transformer convention)
+    dropout: float = 0.1  # attention and residual dropout (DDPM used 0.1 on small data)
+    init_std: float = 0.02  # std of the normal init of Linear / Embedding weights (nanoGPT, GPT-2)
+    use_vqvae: bool = True  # fuse the frozen pre-trained VQ-VAE at its scale (False: ablation)
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` for a config no model can be built from."""
+        if self.num_stations < 2:
+            raise InputError(
+                f"denoiser.num_stations = {self.num_stations}",
+                fix="set num_stations to the number of stations of the dataset (at least 2)",
+            )
+        check_T(self.seq_len, where="denoiser.seq_len")
+        if self.d_model < 1 or self.n_heads < 1 or self.d_model % self.n_heads != 0:
+            raise InputError(
+                f"denoiser.d_model = {self.d_model} is not a positive multiple of n_heads = {self.n_heads}",
+                fix="choose d_model divisible by n_heads",
+            )
+        if self.layers_per_stage < 1 or self.final_layers < 0 or self.mlp_ratio < 1:
+            raise InputError("denoiser needs layers_per_stage >= 1, final_layers >= 0 and mlp_ratio >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InputError(f"denoiser.dropout = {self.dropout} is not in [0, 1)")
+
+
+@dataclass
+class DenoiserOutput:
+    """What the network predicts for ``(w_s, l_s, s)``."""
+
+    eps: Tensor  # ε̂, (B, T), aligned with the wavelet coefficients w
+    logits: Tensor  # z of p_θ(l0 | l_s, w_s, s), (B, T, N), aligned with time
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+
+def sinusoidal_embedding(x: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """Transformer sinusoids of real positions/steps ``x (...)`` → ``(..., dim)`` (half sin, half cos)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    args = x.float().unsqueeze(-1) * freqs  # (..., half)
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)  # (..., 2*half)
+    return F.pad(emb, (0, dim - 2 * half))  # (..., dim)
+
+
+def time_positions(length: int, T: int, device: torch.device) -> Tensor:
+    """Centre time of each of ``length`` tokens covering T slots: ``r·i + (r−1)/2`` with r = T/length."""
+    r = T // length
+    return torch.arange(length, device=device, dtype=torch.float32) * r + (r - 1) / 2  # (length,)
+
+
+def upsample(x: Tensor, length: int) -> Tensor:
+    """Repeat each token of ``x (B, L, d)`` so that the sequence has ``length`` tokens (L divides it)."""
+    return x.repeat_interleave(length // x.shape[1], dim=1)  # (B, length, d)
+
+
+def avg_pool(x: Tensor, length: int) -> Tensor:
+    """Average ``x (B, T, d)`` over consecutive windows down to ``length`` tokens."""
+    B, T, d = x.shape
+    return x.view(B, length, T // length, d).mean(dim=2)  # (B, length, d)
+
+
+# ---------------------------------------------------------------------------------------------
+# transformer parts
+
+
+class Attention(nn.Module):
+    """Multi-head attention of queries from ``x`` over keys/values from ``ctx`` (self-attn: ctx = x)."""
+
+    def __init__(self, cfg: DenoiserConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.n_heads = cfg.n_heads
+        self.dropout = cfg.dropout
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * d)
+        self.proj = nn.Linear(d, d)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, ctx: Tensor) -> Tensor:
+        B, Lq, d = x.shape
+        Lk, H = ctx.shape[1], self.n_heads
+        q = self.q(x).view(B, Lq, H, d // H).transpose(1, 2)  # (B, H, Lq, hd)
+        k, v = self.kv(ctx).split(d, dim=2)  # (B, Lk, d) each
+        k = k.view(B, Lk, H, d // H).transpose(1, 2)  # (B, H, Lk, hd)
+        v = v.view(B, Lk, H, d // H).transpose(1, 2)  # (B, H, Lk, hd)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, Lq, d)  # (B, Lq, d)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: DenoiserConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model)
+        self.proj = nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class StreamLayer(nn.Module):
+    """One stream's pre-LN layer: self-attention, cross-attention to the other stream, MLP."""
+
+    def __init__(self, cfg: DenoiserConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.ln_self = nn.LayerNorm(d)
+        self.self_attn = Attention(cfg)
+        self.ln_query = nn.LayerNorm(d)
+        self.ln_context = nn.LayerNorm(d)
+        self.cross_attn = Attention(cfg)
+        self.ln_mlp = nn.LayerNorm(d)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: Tensor, ctx: Tensor) -> Tensor:  # (B, L, d), (B, Lc, d)
+        h = self.ln_self(x)
+        x = x + self.self_attn(h, h)  # (B, L, d)
+        x = x + self.cross_attn(self.ln_query(x), self.ln_context(ctx))  # (B, L, d)
+        return x + self.mlp(self.ln_mlp(x))  # (B, L, d)
+
+
+class CrossLayer(nn.Module):
+    """Traffic and location streams, each attending to itself and to the other (both directions)."""
+
+    def __init__(self, cfg: DenoiserConfig) -> None:
+        super().__init__()
+        self.traffic = StreamLayer(cfg)
+        self.location = StreamLayer(cfg)
+
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:  # (B, L, d) each
+        return self.traffic(x, y), self.location(y, x)  # both read the other's input state
+
+
+class Stage(nn.Module):
+    """One wavelet scale: traffic and location tokens, merge of the coarser stage, layers, ε head."""
+
+    def __init__(self, cfg: DenoiserConfig, scale: str, *, first: bool, vq_dim: int | None) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.scale = scale
+        self.coef_in = nn.Linear(1, d)  # one coefficient per token → d
+        # frozen VQ-VAE codes and the gate g = σ(W [raw; vq; step]) deciding how much of them to add
+        self.vq_in = nn.Linear(vq_dim, d) if vq_dim is not None else None
+        self.vq_gate = nn.Linear(3 * d, d) if vq_dim is not None else None
+        self.loc_in = nn.Sequential(
+            nn.LayerNorm(d), nn.Linear(d, cfg.mlp_ratio * d), nn.GELU(), nn.Linear(cfg.mlp_ratio * d, d)
+        )
+        self.merge_traffic = None if first else nn.Linear(d, d)  # coarser stage's tokens, upsampled
+        self.merge_location = None if first else nn.Linear(d, d)
+        self.layers = nn.ModuleList([CrossLayer(cfg) for _ in range(cfg.layers_per_stage)])
+        self.ln_out = nn.LayerNorm(d)
+        self.eps_head = nn.Linear(d, 1)
+
+    def forward(
+        self,
+        coef: Tensor,  # (B, L) noisy coefficients of this scale
+        loc_emb: Tensor,  # (B, T, d) location input embedded at full resolution
+        cond: Tensor,  # (B, d) diffusion-step embedding
+        pos: Tensor,  # (L, d) position code of this scale
+        type_emb: Tensor,  # (2, d) traffic / location type embeddings
+        prev: tuple[Tensor, Tensor] | None,  # coarser stage's (traffic, location) tokens
+        vq: Tensor | None,  # (B, L, dv) frozen VQ-VAE codes of this scale, or None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        L = coef.shape[1]
+        x = self.coef_in(coef.unsqueeze(-1))  # (B, L, d)
+        if vq is not None and self.vq_in is not None and self.vq_gate is not None:
+            h_vq = self.vq_in(vq)  # (B, L, d)
+            gate = torch.sigmoid(self.vq_gate(torch.cat([x, h_vq, cond.unsqueeze(1).expand_as(x)], dim=-1)))
+            # raw path always open, VQ path gated per step, position and channel
+            x = x + gate * h_vq  # (B, L, d)
+        y = self.loc_in(avg_pool(loc_emb, L))  # (B, L, d)
+        if prev is not None and self.merge_traffic is not None and self.merge_location is not None:
+            x = x + self.merge_traffic(upsample(prev[0], L))  # (B, L, d)
+            y = y + self.merge_location(upsample(prev[1], L))  # (B, L, d)
+        x = x + pos + type_emb[0] + cond.unsqueeze(1)  # (B, L, d)
+        y = y + pos + type_emb[1] + cond.unsqueeze(1)  # (B, L, d)
+        for layer in self.layers:
+            x, y = layer(x, y)
+        eps = self.eps_head(self.ln_out(x)).squeeze(-1)  # (B, L)
+        return eps, x, y
+
+
+# ---------------------------------------------------------------------------------------------
+# the denoiser
+
+
+class MSTDiffDenoiser(nn.Module):
+    """ε̂ and location logits from noisy coefficients ``w_s (B, T)``, locations and step ``s (B,)``.
+
+    - ``vqvae``: the pre-trained VQ-VAE (required when ``config.use_vqvae``). It is frozen here:
+      ``requires_grad_(False)`` and kept in eval mode by :meth:`train`. It stays a sub-module (so it
+      moves with ``.to`` and is saved in ``state_dict``), but :meth:`trainable_parameters` and
+      :meth:`optimizer_groups` leave it out: build the optimiser from those.
+    - ``station_embeddings (N, k)``: optional vectors (e.g. TuckER) initialising the station table
+      by projection on their top ``min(k, d)`` principal axes, rescaled to ``init_std``.
+    - ``generator``: makes the initial weights reproducible (nothing is seeded globally).
+    """
+
+    def __init__(
+        self,
+        config: DenoiserConfig,
+        vqvae: VQVAE | None = None,
+        *,
+        station_embeddings: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        config.validate()
+        self.config = cfg = config
+        d, N = cfg.d_model, cfg.num_stations
+        if cfg.use_vqvae and vqvae is None:
+            raise InputError(
+                "the denoiser is configured to use the VQ-VAE (use_vqvae = true) but none was given",
+                fix="pre-train a VQ-VAE first (pretrain_vqvae) and pass it, or set use_vqvae = false",
+            )
+        if not cfg.use_vqvae and vqvae is not None:
+            logger.warning("use_vqvae is false: the VQ-VAE passed to the denoiser is ignored")
+            vqvae = None
+        self.vq_scale: str | None = vqvae.config.scale if vqvae is not None else None
+
+        self.station_emb = nn.Embedding(N, d)  # E, shared by the input embedding and the logits head
+        self.type_emb = nn.Embedding(2, d)  # 0 = traffic token, 1 = location token
+        self.step_mlp = nn.Sequential(
+            nn.Linear(d, cfg.mlp_ratio * d), nn.SiLU(), nn.Linear(cfg.mlp_ratio * d, d)
+        )
+        self.stages = nn.ModuleList(
+            [
+                Stage(
+                    cfg,
+                    scale,
+                    first=i == 0,
+                    vq_dim=vqvae.config.code_dim if scale == self.vq_scale and vqvae else None,
+                )
+                for i, scale in enumerate(SCALES)
+            ]
+        )
+        self.full_in = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))  # full-resolution location path
+        self.full_merge = nn.Linear(d, d)  # finest stage's location tokens, upsampled T/2 → T
+        self.full_layers = nn.ModuleList([StreamLayer(cfg) for _ in range(cfg.final_layers)])
+        self.ln_f = nn.LayerNorm(d)
+        self.head_proj = nn.Linear(d, d)
+        self.logits_head = nn.Linear(d, N)  # logits = h Eᵀ + b_station
+        self.logits_head.weight = self.station_emb.weight  # weight tying (one (N, d) table)
+        init_weights_(self, generator, std=cfg.init_std)
+        if station_embeddings is not None:
+            self.init_station_embeddings_(station_embeddings)
+
+        self.vqvae = vqvae  # registered after init_weights_: its trained weights are left untouched
+        if vqvae is not None:
+            vqvae.requires_grad_(False)
+            vqvae.eval()
+        logger.info("MSTDiffDenoiser: %d trainable parameters", self.num_parameters())
+
+    # -- parameters --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def init_station_embeddings_(self, vectors: Tensor) -> None:
+        """Project ``vectors (N, k)`` on their top principal axes into the first columns of the table."""
+        N, d = self.station_emb.weight.shape
+        if vectors.dim() != 2 or vectors.shape[0] != N:
+            raise InputError(
+                f"station embeddings have shape {tuple(vectors.shape)}, expected ({N}, k)",
+                fix="pass one embedding row per station, in station-table order",
+            )
+        X = vectors.detach().to("cpu", torch.float64)
+        X = X - X.mean(dim=0)
+        _, _, Vh = torch.linalg.svd(X, full_matrices=False)  # principal axes, (min(N, k), k)
+        k = min(d, Vh.shape[0])
+        P = X @ Vh[:k].T  # (N, k) principal coordinates
+        sd = float(P.std())
+        if sd > 0:
+            P = P * (self.config.init_std / sd)
+        self.station_emb.weight[:, :k] = P.to(self.station_emb.weight)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimiser should update (the frozen VQ-VAE excluded)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict[str, object]]:
+        """AdamW groups as in nanoGPT: decay matrices/embeddings (dim >= 2), not biases or norms."""
+        params = self.trainable_parameters()
+        return [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+
+    def num_parameters(self, trainable_only: bool = True) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def train(self, mode: bool = True) -> MSTDiffDenoiser:
+        super().train(mode)
+        if self.vqvae is not None:
+            self.vqvae.eval()  # frozen: always in eval mode
+        return self
+
+    # -- forward -----------------------------------------------------------------------------
+
+    def embed_locations(self, loc: Tensor) -> Tensor:
+        """Ids ``(B, T)`` → ``E[l]``; probabilities ``(B, T, N)`` → ``p @ E``: ``(B, T, d)``."""
+        E = self.station_emb.weight  # (N, d)
+        N = E.shape[0]
+        if not loc.is_floating_point():
+            if loc.numel() and (int(loc.min()) < 0 or int(loc.max()) >= N):
+                raise ValueError(
+                    f"location ids must lie in 0..{N - 1}, got {int(loc.min())}..{int(loc.max())}"
+                )
+            return F.embedding(loc.long(), E)  # (B, T, d)
+        if loc.dim() != 3 or loc.shape[-1] != N:
+            raise ValueError(f"location probabilities must have shape (B, T, {N}), got {tuple(loc.shape)}")
+        return loc.to(E.dtype) @ E  # (B, T, d)
+
+    def forward(self, w_s: Tensor, loc: Tensor, s: Tensor) -> DenoiserOutput:
+        """``w_s (B, T)`` float, ``loc`` ids ``(B, T)`` or probabilities ``(B, T, N)``, ``s (B,)``."""
+        cfg = self.config
+        B, T = w_s.shape
+        if T != cfg.seq_len:
+            check_T(T, where=f"denoiser input of shape {tuple(w_s.shape)}")
+            raise InputError(
+                f"the denoiser was built for T = {cfg.seq_len} but got T = {T}",
+                fix="build the denoiser with seq_len equal to the dataset's T",
+            )
+        if loc.shape[:2] != (B, T) or s.shape != (B,):
+            raise ValueError(
+                f"shapes disagree: w_s {tuple(w_s.shape)}, loc {tuple(loc.shape)}, s {tuple(s.shape)}"
+            )
+        d = cfg.d_model
+        slices = scale_slices(T)
+
+        loc_emb = self.embed_locations(loc)  # (B, T, d)
+        cond = self.step_mlp(sinusoidal_embedding(s, d))  # (B, d)
+        type_emb = self.type_emb.weight  # (2, d)
+        vq = None
+        if self.vqvae is not None and self.vq_scale is not None:
+            with torch.no_grad():
+                vq, _ = self.vqvae.encode(w_s[:, slices[self.vq_scale]])  # (B, L_vq, dv), frozen
+
+        # multi-scale stages, coarse to fine; ε̂ pieces come out in coefficient order
+        eps_parts: list[Tensor] = []
+        prev: tuple[Tensor, Tensor] | None = None
+        for scale, stage in zip(SCALES, self.stages):
+            coef = w_s[:, slices[scale]]  # (B, L)
+            pos = sinusoidal_embedding(time_positions(coef.shape[1], T, w_s.device), d)  # (L, d)
+            eps_k, x, y = stage(
+                coef, loc_emb, cond, pos, type_emb, prev, vq if scale == self.vq_scale else None
+            )
+            eps_parts.append(eps_k)  # (B, L)
+            prev = (x, y)
+        eps = torch.cat(eps_parts, dim=1)  # (B, T), aligned with w
+        assert prev is not None
+        x_fine, y_fine = prev  # (B, T/2, d) each
+
+        # full-resolution location logits, aligned with time
+        pos_T = sinusoidal_embedding(time_positions(T, T, w_s.device), d)  # (T, d)
+        z = self.full_in(loc_emb) + self.full_merge(upsample(y_fine, T))  # (B, T, d)
+        z = z + pos_T + type_emb[1] + cond.unsqueeze(1)  # (B, T, d)
+        for layer in self.full_layers:
+            z = layer(z, x_fine)  # (B, T, d): attends to itself and to the finest traffic tokens
+        h = self.head_proj(self.ln_f(z))  # (B, T, d)
+        logits = self.logits_head(h)  # (B, T, N) = h Eᵀ + b
+        return DenoiserOutput(eps=eps, logits=logits)
