@@ -138,3 +138,26 @@ def test_tiny_overfit_decreases_joint_loss(mode):
     # and the one-call helper (Algorithm 1) runs end to end
     total, parts = training_loss(model, hybrid, w0, l0, gen)
     assert torch.isfinite(total) and set(parts) == {"traffic_mse", "location_kl", "location_ce", "total"}
+
+
+def test_fast_kl_path_equals_explicit_path():
+    """joint_loss with a process that has posterior_kl gives the explicit KL (incl. s = 1)."""
+    from mstdiff.diffusion.discrete import GraphTransition
+    from mstdiff.kg.graph import synthetic_knn_rate
+    from mstdiff.models.losses import joint_loss
+
+    gt = GraphTransition(synthetic_knn_rate(40, k=4, seed=1), num_steps=6, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    l0 = torch.randint(0, 40, (5, 8), generator=g)
+    s = torch.tensor([1, 2, 3, 6, 1])
+    l_s = gt.q_sample(l0, s, g)
+
+    class Out:
+        eps = torch.zeros(5, 8)
+        logits = torch.randn(5, 8, 40, generator=g, dtype=torch.float64)
+
+    fast, parts_fast = joint_loss(Out, torch.zeros(5, 8), None, l0, l_s, s, gt)
+    slow, parts_slow = joint_loss(Out, torch.zeros(5, 8), gt.posterior(l0, l_s, s), l0, l_s, s, gt)
+    assert torch.allclose(parts_fast["location_kl"], parts_slow["location_kl"], rtol=1e-6, atol=1e-8)
+    no_kl, parts = joint_loss(Out, torch.zeros(5, 8), None, l0, l_s, s, gt, weights=(1.0, 0.0, 0.1))
+    assert parts["location_kl"].item() == 0.0 and torch.allclose(no_kl, 0.1 * parts["location_ce"])
