@@ -1,1 +1,54 @@
-"""baselines"""
+"""Baselines of the paper behind one interface, producing the same output type as MSTDiff.
+
+Trajectory: :class:`Markov` (time-of-day Markov chain), :class:`TimeGeo` (Jiang et al. 2016),
+:class:`DiffTraj` (Zhu et al. 2023). Traffic: :class:`CSDI` (Tashiro et al. 2021), :class:`DiT`
+(DiT-1D, Peebles & Xie 2023). A traffic and a trajectory baseline combine into an independent
+:class:`Pair` (``"csdi+timegeo"``). Build by name with :func:`make_baseline`, fit on a prepared
+dataset, and write a generated set with :func:`generate_dataset`; see :mod:`mstdiff.baselines.base`.
+All re-implemented from the papers.
+"""
+
+from mstdiff.baselines._learned import DiffusionConfig, TrainConfig
+from mstdiff.baselines._scaling import TrafficScaler
+from mstdiff.baselines.base import (
+    BASELINES,
+    Baseline,
+    GeneratedSeries,
+    Pair,
+    baseline_names,
+    generate_dataset,
+    load_baseline,
+    make_baseline,
+    register_baseline,
+)
+from mstdiff.baselines.csdi import CSDI, CSDIConfig
+from mstdiff.baselines.difftraj import DiffTraj, DiffTrajConfig, StationSnapper
+from mstdiff.baselines.dit import DiT, DiTConfig
+from mstdiff.baselines.markov import Markov, MarkovConfig
+from mstdiff.baselines.timegeo import TimeGeo, TimeGeoConfig
+
+__all__ = [
+    "BASELINES",
+    "CSDI",
+    "CSDIConfig",
+    "Baseline",
+    "DiT",
+    "DiTConfig",
+    "DiffTraj",
+    "DiffTrajConfig",
+    "DiffusionConfig",
+    "GeneratedSeries",
+    "Markov",
+    "MarkovConfig",
+    "Pair",
+    "StationSnapper",
+    "TimeGeo",
+    "TimeGeoConfig",
+    "TrafficScaler",
+    "TrainConfig",
+    "baseline_names",
+    "generate_dataset",
+    "load_baseline",
+    "make_baseline",
+    "register_baseline",
+]
