@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mstdiff.baselines._ddpm import DDPMSchedule, beta_schedule, timestep_embedding
-from mstdiff.baselines._scaling import TrafficScaler
+from mstdiff.data.scaling import TrafficScaler
 from mstdiff.errors import InputError
 
 

@@ -9,7 +9,6 @@ All re-implemented from the papers.
 """
 
 from mstdiff.baselines._learned import DiffusionConfig, TrainConfig
-from mstdiff.baselines._scaling import TrafficScaler
 from mstdiff.baselines.base import (
     BASELINES,
     Baseline,
@@ -26,6 +25,7 @@ from mstdiff.baselines.difftraj import DiffTraj, DiffTrajConfig, StationSnapper
 from mstdiff.baselines.dit import DiT, DiTConfig
 from mstdiff.baselines.markov import Markov, MarkovConfig
 from mstdiff.baselines.timegeo import TimeGeo, TimeGeoConfig
+from mstdiff.data.scaling import TrafficScaler
 
 __all__ = [
     "BASELINES",

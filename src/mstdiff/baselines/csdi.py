@@ -22,7 +22,7 @@ Network (``x`` ``(B, 1, T)``, step ``s``)::
         res, skip = split(Conv1x1(y));  h = (h + res) / √2
     ε̂ = Conv1x1(ReLU(Conv1x1(Σ skip / √L)))                      # last layer zero-initialised
 
-Traffic is scaled with :class:`~mstdiff.baselines._scaling.TrafficScaler` (log1p, standardise;
+Traffic is scaled with :class:`~mstdiff.data.scaling.TrafficScaler` (log1p, standardise;
 exact zeros restored on decoding).
 """
 
@@ -39,9 +39,9 @@ from torch import nn
 
 from mstdiff.baselines._ddpm import timestep_embedding
 from mstdiff.baselines._learned import DiffusionBaseline, DiffusionConfig, TrainConfig
-from mstdiff.baselines._scaling import TrafficScaler
 from mstdiff.baselines.base import GeneratedSeries, positive, register_baseline
 from mstdiff.data.dataset import PreparedDataset
+from mstdiff.data.scaling import TrafficScaler
 from mstdiff.errors import InputError
 
 logger = logging.getLogger(__name__)

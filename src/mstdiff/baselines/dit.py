@@ -18,7 +18,7 @@ Block (``c`` = step embedding)::
 Schedule: the paper's linear 1e-4 .. 0.02 over 1000 steps, shortened to 100 steps with the βs
 scaled by 1000 / 100 (the usual rescaling that keeps ``Σβ``, hence ``ᾱ_S``, about the same), so
 sampling on a CPU is ten times cheaper. Traffic is scaled with
-:class:`~mstdiff.baselines._scaling.TrafficScaler`.
+:class:`~mstdiff.data.scaling.TrafficScaler`.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from torch import nn
 
 from mstdiff.baselines._ddpm import timestep_embedding
 from mstdiff.baselines._learned import DiffusionBaseline, DiffusionConfig, TrainConfig
-from mstdiff.baselines._scaling import TrafficScaler
 from mstdiff.baselines.base import GeneratedSeries, positive, register_baseline
 from mstdiff.data.dataset import PreparedDataset
+from mstdiff.data.scaling import TrafficScaler
 from mstdiff.errors import InputError
 
 logger = logging.getLogger(__name__)
