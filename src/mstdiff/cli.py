@@ -271,5 +271,18 @@ def run(config: Path, out: Path, sets: tuple[str, ...], overwrite: bool) -> None
     click.echo("\nstage times (s): " + ", ".join(f"{k} {v}" for k, v in meta["timings"].items()))
 
 
+@cli.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Benchmark directory.")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Config override.")
+@click.option("--overwrite", is_flag=True, help="Delete an existing benchmark directory and start again.")
+def benchmark(config: Path, out: Path, sets: tuple[str, ...], overwrite: bool) -> None:
+    """Train MSTDiff and the baselines on one dataset; one metrics table with the floor row."""
+    from mstdiff.pipeline import load_benchmark_config, run_benchmark
+
+    res = run_benchmark(load_benchmark_config(config, sets), out, overwrite=overwrite)
+    click.echo(res["markdown"])
+
+
 def main() -> None:
     cli()

@@ -30,7 +30,7 @@ import torch
 from mstdiff.config import apply_overrides, dump_yaml, from_dict, load_yaml
 from mstdiff.data.dataset import PreparedDataset, save_splits
 from mstdiff.errors import InputError
-from mstdiff.io import atomic_write_text, read_json, run_meta, write_json
+from mstdiff.io import atomic_write_text, run_meta, write_json
 from mstdiff.models.vqvae import VQVAE, VQVAEConfig
 from mstdiff.training.mstdiff import (
     ModelConfig,
@@ -117,15 +117,18 @@ def _clear_run_dir(out: Path) -> None:
     shutil.rmtree(out)
 
 
-def run_pipeline(config: RunConfig, out: str | os.PathLike[str], *, overwrite: bool = False,
-                 progress: bool = True) -> dict[str, Any]:
-    """Run every stage into ``out`` (skipping stages already done); return the top-level meta."""
-    from mstdiff.data.prepare import prepare
-    from mstdiff.diffusion.discrete import transition_dir
-    from mstdiff.kg.stages import build_kg_dir, embed_kg_dir
-    from mstdiff.metrics.evaluate import evaluate
+@dataclass
+class Stages:
+    """What the shared stages produce: the splits and the MSTDiff inputs."""
 
-    out = Path(out)
+    data: PreparedDataset
+    train: PreparedDataset
+    val: PreparedDataset
+    test: PreparedDataset
+    vqvae: VQVAE | None
+
+
+def _start_run_dir(config: Any, out: Path, overwrite: bool) -> None:
     if overwrite:
         _clear_run_dir(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -135,59 +138,84 @@ def run_pipeline(config: RunConfig, out: str | os.PathLike[str], *, overwrite: b
             raise InputError("this run directory was made with a different config", where=str(out),
                              fix="pass --overwrite to start again, or use a new --out")
     atomic_write_text(out / "config.yaml", dump_yaml(config))
-    timings: dict[str, float] = {}
-    dc = config.data
 
+
+def run_shared_stages(config: RunConfig, out: Path, timings: dict[str, float], *,
+                      progress: bool = True, need_mstdiff: bool = True) -> Stages:
+    """prepare → split (→ kg → embed → transition → vqvae when MSTDiff is needed), each skipped if done."""
+    from mstdiff.data.prepare import prepare
+    from mstdiff.diffusion.discrete import transition_dir
+    from mstdiff.kg.stages import build_kg_dir, embed_kg_dir
+
+    dc = config.data
     with _stage("prepare", timings):
         if not (out / "data" / "meta.json").exists():
-            raw = Path(dc.raw) if dc.raw else None
-            prepare(dc.source, raw, out / "data", **dc.options)
+            prepare(dc.source, Path(dc.raw) if dc.raw else None, out / "data", **dc.options)
         data = PreparedDataset.load(out / "data")
     with _stage("split", timings):
         if not (out / "split" / "meta.json").exists():
             save_splits(data, out / "split", fractions=dc.split, seed=dc.split_seed)
         train, val, test = (PreparedDataset.load(out / "split" / k) for k in ("train", "val", "test"))
-    with _stage("kg", timings):
-        build_kg_dir(out / "data", out / "kg", config.kg.poi_table, poi_radius_km=config.kg.poi_radius_km,
-                     **config.kg.build)
-    with _stage("embed", timings):
-        embed_kg_dir(out / "kg", out / "embed", progress=progress, **config.kg.embed)
-    with _stage("transition", timings):
-        transition_dir(out / "embed", out / "transition",
-                       num_steps=config.model.gaussian.num_steps, **config.kg.transition)
-    with _stage("vqvae", timings):
-        if config.model.denoiser.use_vqvae:
-            if not (out / "vqvae" / "vqvae.pt").exists():
-                pretrain_vqvae_stage(train, out / "vqvae", config.vqvae, seed=config.train.seed,
-                                     device=config.train.device, progress=progress)
-            vqvae: VQVAE | None = VQVAE.load(out / "vqvae" / "vqvae.pt")
-        else:
-            vqvae = None
+    vqvae: VQVAE | None = None
+    if need_mstdiff:
+        with _stage("kg", timings):
+            build_kg_dir(out / "data", out / "kg", config.kg.poi_table,
+                         poi_radius_km=config.kg.poi_radius_km, **config.kg.build)
+        with _stage("embed", timings):
+            embed_kg_dir(out / "kg", out / "embed", progress=progress, **config.kg.embed)
+        if "num_steps" in config.kg.transition:
+            raise InputError("kg.transition.num_steps is set from model.gaussian.num_steps",
+                             where="kg.transition", fix="remove num_steps there (both branches share S)")
+        with _stage("transition", timings):
+            transition_dir(out / "embed", out / "transition",
+                           num_steps=config.model.gaussian.num_steps, **config.kg.transition)
+        with _stage("vqvae", timings):
+            if config.model.denoiser.use_vqvae:
+                if not (out / "vqvae" / "vqvae.pt").exists():
+                    pretrain_vqvae_stage(train, out / "vqvae", config.vqvae, seed=config.train.seed,
+                                         device=config.train.device, progress=progress)
+                vqvae = VQVAE.load(out / "vqvae" / "vqvae.pt")
+    return Stages(data, train, val, test, vqvae)
+
+
+def train_and_generate_mstdiff(config: RunConfig, out: Path, st: Stages, model_dir: Path, n: int,
+                               timings: dict[str, float], *, progress: bool = True) -> PreparedDataset:
+    """Train MSTDiff into ``model_dir/train`` (resuming); generate ``n`` samples into ``.../generated``."""
     with _stage("train", timings):
-        if not (out / "train" / "model.pt").exists():
+        if not (model_dir / "train" / "model.pt").exists():
             emb = np.load(out / "embed" / "station_embeddings.npy")
             train_mstdiff(
-                train, val, discrete=load_transition(out / "transition"), vqvae=vqvae,
+                st.train, st.val, discrete=load_transition(out / "transition"), vqvae=st.vqvae,
                 model_config=config.model, train_config=dataclasses.replace(config.train, progress=progress),
-                out_dir=out / "train", transition_path=os.path.relpath(out / "transition" / "transition.pt",
-                                                                       out / "train"),
+                out_dir=model_dir / "train",
+                transition_path=os.path.relpath(out / "transition" / "transition.pt", model_dir / "train"),
                 station_embeddings=torch.from_numpy(emb).float(), resume=True,
             )
     with _stage("generate", timings):
-        n = config.generate.n or test.n_samples
-        if not (out / "generated" / "meta.json").exists():
-            model = MSTDiff.load(out / "train" / "model.pt")
-            generate(model, train, n, out / "generated", seed=config.generate.seed,
+        if not (model_dir / "generated" / "meta.json").exists():
+            model = MSTDiff.load(model_dir / "train" / "model.pt")
+            generate(model, st.train, n, model_dir / "generated", seed=config.generate.seed,
                      batch_size=config.generate.batch_size, device=config.train.device, progress=progress)
-        gen = PreparedDataset.load(out / "generated")
+        return PreparedDataset.load(model_dir / "generated")
+
+
+def run_pipeline(config: RunConfig, out: str | os.PathLike[str], *, overwrite: bool = False,
+                 progress: bool = True) -> dict[str, Any]:
+    """Run every stage into ``out`` (skipping stages already done); return the top-level meta."""
+    from mstdiff.metrics.evaluate import evaluate
+
+    out = Path(out)
+    _start_run_dir(config, out, overwrite)
+    timings: dict[str, float] = {}
+    st = run_shared_stages(config, out, timings, progress=progress)
+    n = config.generate.n or st.test.n_samples
+    gen = train_and_generate_mstdiff(config, out, st, out, n, timings, progress=progress)
     with _stage("evaluate", timings):
-        result = evaluate(test, {"mstdiff": gen}, out / "evaluate", seed=config.evaluate.seed,
+        result = evaluate(st.test, {"mstdiff": gen}, out / "evaluate", seed=config.evaluate.seed,
                           plots=config.evaluate.plots, overwrite=True)
     meta = run_meta(stage="run", timings=timings,
-                    sizes={"train": train.n_samples, "val": val.n_samples, "test": test.n_samples,
-                           "generated": gen.n_samples, "stations": data.n_stations, "T": data.T})
-    if (out / "meta.json").exists():
-        meta["previous_runs"] = read_json(out / "meta.json").get("previous_runs", 0) + 1
+                    sizes={"train": st.train.n_samples, "val": st.val.n_samples, "test": st.test.n_samples,
+                           "generated": gen.n_samples, "stations": st.data.n_stations, "T": st.data.T})
     write_json(out / "meta.json", meta)
     meta["table"] = result.to_markdown()
     return meta
@@ -197,3 +225,86 @@ def load_yaml_text(text: str) -> Any:
     import yaml
 
     return yaml.safe_load(text)
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+@dataclass
+class BenchmarkConfig(RunConfig):
+    models: list[str] = field(default_factory=lambda: ["mstdiff", "dit+markov", "csdi+timegeo"])
+    baselines: dict[str, Any] = field(default_factory=dict)  # per-baseline config, keyed by name
+
+
+def load_benchmark_config(
+    path: str | os.PathLike[str] | None, overrides: tuple[str, ...] | list[str] = ()
+) -> BenchmarkConfig:
+    data = apply_overrides(load_yaml(path) if path is not None else {}, list(overrides))
+    return from_dict(BenchmarkConfig, data, where=str(path) if path else "config")
+
+
+def run_benchmark(config: BenchmarkConfig, out: str | os.PathLike[str], *, overwrite: bool = False,
+                  progress: bool = True) -> dict[str, Any]:
+    """Train every model of ``config.models`` on one prepared dataset, generate as many samples as
+    the test split, evaluate all against the test split with the floor row.
+
+    Writes ``results.json`` (metrics, wall time and peak memory per model), ``results.md`` (the
+    metrics table with the floor row, best bolded, plus a cost table) and ``evaluate/plots``.
+    Baselines that produce one modality only must be paired (``csdi+markov``): the joint metrics
+    need both. A model whose output exists is not trained again.
+    """
+    from mstdiff.baselines import generate_dataset, make_baseline
+    from mstdiff.metrics.evaluate import evaluate
+    from mstdiff.training.mstdiff import peak_rss_mb
+
+    out = Path(out)
+    if not config.models:
+        raise InputError("no models to benchmark", where="models", fix="list e.g. [mstdiff, markov]")
+    baselines = {name: make_baseline(name, config.baselines.get(name))
+                 for name in config.models if name != "mstdiff"}
+    for name, model in baselines.items():  # checked before any training
+        if model.produces != frozenset({"traffic", "locations"}):
+            raise InputError(
+                f"baseline {name!r} produces only {sorted(model.produces)}", where="models",
+                fix="pair a traffic model with a trajectory model, e.g. csdi+markov")
+    _start_run_dir(config, out, overwrite)
+    timings: dict[str, float] = {}
+    st = run_shared_stages(config, out, timings, progress=progress, need_mstdiff="mstdiff" in config.models)
+    n = config.generate.n or st.test.n_samples
+    generated: dict[str, PreparedDataset] = {}
+    costs: dict[str, dict[str, float]] = {}
+    for name in config.models:
+        model_dir = out / "models" / name
+        t0 = time.perf_counter()
+        if name == "mstdiff":
+            generated[name] = train_and_generate_mstdiff(config, out, st, model_dir, n, {}, progress=progress)
+        else:
+            model = baselines[name]
+            if not (model_dir / "generated" / "meta.json").exists():
+                model.fit(st.train, val=st.val, progress=progress)
+                generate_dataset(model, st.train, n, config.generate.seed, progress=progress).save(
+                    model_dir / "generated", overwrite=True)
+            generated[name] = PreparedDataset.load(model_dir / "generated")
+        costs[name] = {"seconds": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
+        logger.info("benchmark: %s done in %.1f s", name, costs[name]["seconds"])
+    with _stage("evaluate", timings):
+        result = evaluate(st.test, generated, out / "evaluate", seed=config.evaluate.seed,
+                          plots=config.evaluate.plots, overwrite=True)
+    cost_lines = ["| model | wall time (s) | peak RSS so far (MiB) | independent pair |",
+                  "|---|---:|---:|---|"]
+    for name, c in costs.items():
+        pair = "yes" if "+" in name else "no"
+        cost_lines.append(f"| {name} | {c['seconds']:.1f} | {c['peak_rss_mb']:.0f} | {pair} |")
+    table = result.to_markdown()
+    md = (f"# Benchmark\n\nReal set: test split ({st.test.n_samples} samples, N = {st.data.n_stations}, "
+          f"T = {st.data.T}); {n} samples generated per model.\n\n{table}\n\n## Cost\n\n"
+          + "\n".join(cost_lines)
+          + "\n\nWall time covers fitting (or training) and generation; a model whose output already "
+            "existed shows only its loading time. Peak RSS is the process maximum up to the end of that "
+            "model (it never decreases). Pairs `a+b` generate traffic and trajectories independently.\n")
+    atomic_write_text(out / "results.md", md)
+    results = run_meta(stage="benchmark", models=config.models, costs=costs, stage_timings=timings,
+                       metrics=result.to_dict(), sizes={"test": st.test.n_samples, "generated": n})
+    write_json(out / "results.json", results)
+    results["markdown"] = md
+    return results

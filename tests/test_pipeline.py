@@ -1,0 +1,71 @@
+"""End-to-end: the smoke benchmark (all models, tiny configs) and the CLI around it."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mstdiff.cli import cli
+from mstdiff.errors import InputError
+from mstdiff.pipeline import load_benchmark_config, run_benchmark
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "b"
+    cfg = load_benchmark_config(REPO / "configs" / "benchmark_smoke.yaml", ["train.num_threads=1"])
+    return out, run_benchmark(cfg, out, progress=False)
+
+
+def test_smoke_benchmark_all_models(smoke):
+    out, res = smoke
+    results = json.loads((out / "results.json").read_text())
+    rows = results["metrics"]["metrics"]  # generated set -> metric -> value
+    names = ["mstdiff", "dit+markov", "csdi+timegeo", "csdi+difftraj"]
+    assert set(names) <= set(rows)
+    for name in names:
+        assert (out / "models" / name / "generated" / "meta.json").exists()
+        assert results["costs"][name]["seconds"] >= 0
+    md = (out / "results.md").read_text()
+    assert "**floor**" in md and "independent pair" in md
+    assert all(f"| {n} |" in md for n in names)
+
+
+def test_benchmark_is_resumable_and_checks_config(smoke):
+    out, _ = smoke
+    cfg = load_benchmark_config(REPO / "configs" / "benchmark_smoke.yaml", ["train.num_threads=1"])
+    again = run_benchmark(cfg, out, progress=False)  # nothing retrained: outputs exist
+    assert all(c["seconds"] < 30 for c in again["costs"].values())
+    other = load_benchmark_config(REPO / "configs" / "benchmark_smoke.yaml", ["train.epochs=2"])
+    with pytest.raises(InputError, match="different config"):
+        run_benchmark(other, out, progress=False)
+
+
+def test_benchmark_rejects_single_modality_baseline(tmp_path):
+    cfg = load_benchmark_config(REPO / "configs" / "benchmark_smoke.yaml", ["models=[markov]"])
+    with pytest.raises(InputError, match="pair"):
+        run_benchmark(cfg, tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()  # checked before any work
+
+
+def test_cli_prepare_info_split_evaluate(tmp_path):
+    r = CliRunner()
+    res = r.invoke(cli, ["prepare", "--source", "synthetic", "--out", str(tmp_path / "d"),
+                         "-o", "n_users=30", "-o", "n_stations=40", "-o", "days=1"])
+    assert res.exit_code == 0, res.output
+    assert "samples (U)" in r.invoke(cli, ["info", str(tmp_path / "d")]).output
+    res = r.invoke(cli, ["split", str(tmp_path / "d"), "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0 and "train" in res.output
+    res = r.invoke(cli, ["evaluate", "--real", str(tmp_path / "s" / "test"), "--generated",
+                         f"train={tmp_path / 's' / 'train'}", "--out", str(tmp_path / "e"), "--no-plots"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "e" / "metrics.json").exists() and "floor" in res.output
+
+
+def test_cli_user_error_is_one_clear_message(tmp_path):
+    res = CliRunner().invoke(cli, ["info", str(tmp_path / "missing")])
+    assert res.exit_code == 2
+    assert "error:" in res.output and "not a directory" in res.output and "Traceback" not in res.output
