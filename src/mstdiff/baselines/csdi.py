@@ -33,15 +33,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
 from mstdiff.baselines._ddpm import timestep_embedding
-from mstdiff.baselines._learned import DiffusionBaseline, DiffusionConfig, TrainConfig
-from mstdiff.baselines.base import GeneratedSeries, positive, register_baseline
-from mstdiff.data.dataset import PreparedDataset
-from mstdiff.data.scaling import TrafficScaler
+from mstdiff.baselines._learned import DiffusionConfig, TrafficDiffusionBaseline, TrainConfig
+from mstdiff.baselines.base import positive, register_baseline
 from mstdiff.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -134,7 +131,7 @@ class CSDINet(nn.Module):
 
 
 @register_baseline
-class CSDI(DiffusionBaseline):
+class CSDI(TrafficDiffusionBaseline):
     """CSDI-style unconditional DDPM over the (log-scaled, standardised) traffic series.
 
     Fitted: the network weights and the :class:`TrafficScaler` (mean/std of ``log1p`` traffic and
@@ -142,31 +139,9 @@ class CSDI(DiffusionBaseline):
     """
 
     name: ClassVar[str] = "csdi"
-    produces: ClassVar[frozenset[str]] = frozenset({"traffic"})
     config_class: ClassVar[type[Any]] = CSDIConfig
 
-    def __init__(self, config: CSDIConfig | dict[str, Any] | None = None) -> None:
-        super().__init__(config)
-        self.scaler: TrafficScaler | None = None
-
-    def _encode_train(self, train: PreparedDataset) -> np.ndarray:
-        self.scaler = TrafficScaler.fit(train.traffic)
-        return self._encode(train)
-
-    def _encode(self, ds: PreparedDataset) -> np.ndarray:
-        assert self.scaler is not None
-        return self.scaler.encode(ds.traffic)[:, None, :]  # (U, 1, T)
 
     def _build_network(self, T: int) -> nn.Module:
         return CSDINet(T, self.config)
 
-    def _decode(self, x0: np.ndarray) -> GeneratedSeries:
-        assert self.scaler is not None
-        return GeneratedSeries(traffic=self.scaler.decode(x0[:, 0, :]))
-
-    def _extra_state(self) -> dict[str, Any]:
-        assert self.scaler is not None
-        return {"scaler": self.scaler.to_dict()}
-
-    def _set_extra_state(self, state: dict[str, Any]) -> None:
-        self.scaler = TrafficScaler.from_dict(state["scaler"])

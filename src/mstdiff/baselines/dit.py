@@ -32,10 +32,9 @@ import torch
 from torch import nn
 
 from mstdiff.baselines._ddpm import timestep_embedding
-from mstdiff.baselines._learned import DiffusionBaseline, DiffusionConfig, TrainConfig
-from mstdiff.baselines.base import GeneratedSeries, positive, register_baseline
+from mstdiff.baselines._learned import DiffusionConfig, TrafficDiffusionBaseline, TrainConfig
+from mstdiff.baselines.base import positive, register_baseline
 from mstdiff.data.dataset import PreparedDataset
-from mstdiff.data.scaling import TrafficScaler
 from mstdiff.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -148,41 +147,21 @@ class DiT1D(nn.Module):
 
 
 @register_baseline
-class DiT(DiffusionBaseline):
+class DiT(TrafficDiffusionBaseline):
     """DiT-1D unconditional DDPM over the (log-scaled, standardised) traffic series.
 
     Fitted: the network weights and the :class:`TrafficScaler` of the training set.
     """
 
     name: ClassVar[str] = "dit"
-    produces: ClassVar[frozenset[str]] = frozenset({"traffic"})
     config_class: ClassVar[type[Any]] = DiTConfig
-
-    def __init__(self, config: DiTConfig | dict[str, Any] | None = None) -> None:
-        super().__init__(config)
-        self.scaler: TrafficScaler | None = None
 
     def _encode_train(self, train: PreparedDataset) -> np.ndarray:
         if train.T % self.config.patch_size:
             raise InputError(f"patch_size = {self.config.patch_size} does not divide T = {train.T}",
                              where="baselines.dit.patch_size", fix="use a divisor of T, e.g. 4 or 8")
-        self.scaler = TrafficScaler.fit(train.traffic)
-        return self._encode(train)
-
-    def _encode(self, ds: PreparedDataset) -> np.ndarray:
-        assert self.scaler is not None
-        return self.scaler.encode(ds.traffic)[:, None, :]  # (U, 1, T)
+        return super()._encode_train(train)
 
     def _build_network(self, T: int) -> nn.Module:
         return DiT1D(T, self.config)
 
-    def _decode(self, x0: np.ndarray) -> GeneratedSeries:
-        assert self.scaler is not None
-        return GeneratedSeries(traffic=self.scaler.decode(x0[:, 0, :]))
-
-    def _extra_state(self) -> dict[str, Any]:
-        assert self.scaler is not None
-        return {"scaler": self.scaler.to_dict()}
-
-    def _set_extra_state(self, state: dict[str, Any]) -> None:
-        self.scaler = TrafficScaler.from_dict(state["scaler"])
