@@ -30,7 +30,10 @@ def shared_data() -> Path:
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
-    """Tiny test models run fastest on one thread (and do not fight over shared CI cores)."""
+    """Tiny test models run fastest on one thread (and do not fight over shared CI cores).
+
+    Autouse for every test, so test files need no fixture of their own.
+    """
     try:
         import torch
     except ImportError:  # pragma: no cover

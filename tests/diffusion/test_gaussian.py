@@ -6,15 +6,6 @@ from mstdiff.diffusion.gaussian import GaussianConfig, GaussianDiffusion, quadra
 from mstdiff.errors import InputError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: one thread is faster (and much faster on a busy machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def proc():
     return GaussianDiffusion(GaussianConfig())

@@ -9,14 +9,6 @@ from mstdiff.models.vqvae import VQVAE, VQVAEConfig
 N = 20
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_vqvae(seed=0, **kw):
     cfg = dict(hidden=8, code_dim=4, num_codes=8, num_res_blocks=1)
     cfg.update(kw)

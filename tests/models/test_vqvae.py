@@ -18,15 +18,6 @@ from mstdiff.models.wavelet import dwt, scale_coeffs
 SMALL = dict(hidden=16, code_dim=4, num_codes=16, num_res_blocks=1, batch_size=32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models run faster on one thread (and much faster on a busy machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def coarse_coeffs(U=256, T=48, seed=0):
     """cA3 of daily curves with random amplitude/phase: a few distinct coarse shapes plus noise."""
     g = torch.Generator().manual_seed(seed)

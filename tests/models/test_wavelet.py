@@ -9,15 +9,6 @@ from mstdiff.errors import InputError
 from mstdiff.models.wavelet import SCALES, dwt, idwt, scale_coeffs, scale_lengths, scale_slices
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: one thread is faster (and much faster on a busy machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("T", [8, 48, 336])
 def test_dwt_matches_pywavelets(T):
     rng = np.random.default_rng(T)
