@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from mstdiff.config import apply_overrides, dump_yaml, from_dict, load_yaml
 from mstdiff.data.dataset import PreparedDataset, save_splits
@@ -88,12 +89,12 @@ class RunConfig:
 
 
 def load_run_config(
-    path: str | os.PathLike[str] | None, overrides: tuple[str, ...] | list[str] = ()
-) -> RunConfig:
-    """A :class:`RunConfig` from a YAML file (or defaults) with ``section.key=value`` overrides."""
-    data = load_yaml(path) if path is not None else {}
-    data = apply_overrides(data, list(overrides))
-    return from_dict(RunConfig, data, where=str(path) if path else "config")
+    path: str | os.PathLike[str] | None, overrides: tuple[str, ...] | list[str] = (),
+    cls: type[RunConfig] = RunConfig,
+) -> Any:
+    """A ``cls`` config from a YAML file (or defaults) with ``section.key=value`` overrides."""
+    data = apply_overrides(load_yaml(path) if path is not None else {}, list(overrides))
+    return from_dict(cls, data, where=str(path) if path else "config")
 
 
 def _stage(name: str, timings: dict[str, float]) -> Any:
@@ -134,7 +135,7 @@ def _start_run_dir(config: Any, out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if (out / "config.yaml").exists():
         previous = load_yaml(out / "config.yaml")
-        if previous != load_yaml_text(dump_yaml(config)):
+        if previous != yaml.safe_load(dump_yaml(config)):  # compare in YAML form (tuples → lists)
             raise InputError("this run directory was made with a different config", where=str(out),
                              fix="pass --overwrite to start again, or use a new --out")
     atomic_write_text(out / "config.yaml", dump_yaml(config))
@@ -221,12 +222,6 @@ def run_pipeline(config: RunConfig, out: str | os.PathLike[str], *, overwrite: b
     return meta
 
 
-def load_yaml_text(text: str) -> Any:
-    import yaml
-
-    return yaml.safe_load(text)
-
-
 # ----------------------------------------------------------------------------- benchmark
 
 
@@ -239,8 +234,7 @@ class BenchmarkConfig(RunConfig):
 def load_benchmark_config(
     path: str | os.PathLike[str] | None, overrides: tuple[str, ...] | list[str] = ()
 ) -> BenchmarkConfig:
-    data = apply_overrides(load_yaml(path) if path is not None else {}, list(overrides))
-    return from_dict(BenchmarkConfig, data, where=str(path) if path else "config")
+    return load_run_config(path, overrides, BenchmarkConfig)
 
 
 def run_benchmark(config: BenchmarkConfig, out: str | os.PathLike[str], *, overwrite: bool = False,
