@@ -24,7 +24,7 @@ def test_smoke_benchmark_all_models(smoke):
     out, res = smoke
     results = json.loads((out / "results.json").read_text())
     rows = results["metrics"]["metrics"]  # generated set -> metric -> value
-    names = ["mstdiff", "dit+markov", "csdi+timegeo", "csdi+difftraj"]
+    names = ["mstdiff", "mstdiff-traffic+markov", "dit+markov", "csdi+timegeo", "csdi+difftraj"]
     assert set(names) <= set(rows)
     for name in names:
         assert (out / "models" / name / "generated" / "meta.json").exists()

@@ -100,6 +100,17 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, *, where: str = "config
     return cls(**kwargs)
 
 
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``override``; where both hold a dict, merged recursively."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def to_dict(obj: Any) -> Any:
     """Dataclass (possibly nested) → plain dict suitable for YAML/JSON."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import yaml
 
-from mstdiff.config import apply_overrides, dump_yaml, from_dict, load_yaml
+from mstdiff.config import apply_overrides, deep_merge, dump_yaml, from_dict, load_yaml, to_dict
 from mstdiff.data.dataset import PreparedDataset, save_splits
 from mstdiff.errors import InputError
 from mstdiff.io import atomic_write_text, run_meta, write_json
@@ -237,6 +237,40 @@ def load_benchmark_config(
     return load_run_config(path, overrides, BenchmarkConfig)
 
 
+def ablation_defaults(config: RunConfig) -> dict[str, Any]:
+    """Config of ``mstdiff-traffic`` (MSTDiff without trajectory) taken from the run's MSTDiff sections:
+    the same denoiser, VQ-VAE, Gaussian schedule and training budget, so the ablation differs from
+    MSTDiff only by the trajectory branch."""
+    den = {k: v for k, v in to_dict(config.model.denoiser).items() if k not in ("num_stations", "seq_len")}
+    g, tc = config.model.gaussian, config.train
+    return {
+        "denoiser": {**den, "use_locations": False},
+        "vqvae": to_dict(config.vqvae),
+        "diffusion": {"steps": g.num_steps, "beta_schedule": "quadratic", "beta_start": g.beta_start,
+                      "beta_end": g.beta_end, "clip_x0": False},
+        "train": {"epochs": tc.epochs, "max_steps": tc.max_steps, "batch_size": tc.batch_size,
+                  "lr": tc.lr, "weight_decay": tc.weight_decay, "lr_schedule": tc.schedule,
+                  "warmup_steps": tc.warmup_steps,
+                  "grad_clip": tc.grad_clip, "ema_decay": tc.ema_decay, "device": tc.device,
+                  "threads": tc.num_threads, "seed": tc.seed,
+                  "sample_batch_size": config.generate.batch_size},
+    }
+
+
+def baseline_config(name: str, config: BenchmarkConfig) -> dict[str, Any] | None:
+    """The config given to ``make_baseline(name, ...)``: ``config.baselines[name]`` over, for the
+    ``mstdiff-traffic`` part of ``name``, the run's MSTDiff settings (:func:`ablation_defaults`)."""
+    given = config.baselines.get(name)
+    parts = [p.strip() for p in name.lower().split("+")]
+    if "mstdiff-traffic" not in parts:
+        return given
+    defaults = ablation_defaults(config)
+    if len(parts) == 1:
+        return deep_merge(defaults, given or {})
+    given = dict(given or {})
+    return {**given, "mstdiff-traffic": deep_merge(defaults, given.get("mstdiff-traffic") or {})}
+
+
 def run_benchmark(config: BenchmarkConfig, out: str | os.PathLike[str], *, overwrite: bool = False,
                   progress: bool = True) -> dict[str, Any]:
     """Train every model of ``config.models`` on one prepared dataset, generate as many samples as
@@ -254,7 +288,7 @@ def run_benchmark(config: BenchmarkConfig, out: str | os.PathLike[str], *, overw
     out = Path(out)
     if not config.models:
         raise InputError("no models to benchmark", where="models", fix="list e.g. [mstdiff, markov]")
-    baselines = {name: make_baseline(name, config.baselines.get(name))
+    baselines = {name: make_baseline(name, baseline_config(name, config))
                  for name in config.models if name != "mstdiff"}
     for name, model in baselines.items():  # checked before any training
         if model.produces != frozenset({"traffic", "locations"}):

@@ -1,4 +1,5 @@
-"""Learned baselines (CSDI, DiT-1D, DiffTraj): tiny configs on a small synthetic city."""
+"""Learned baselines (CSDI, DiT-1D, DiffTraj, MSTDiff without trajectory): tiny configs on a small
+synthetic city."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ TINY = {
             "diffusion": {**DIFF, "beta_schedule": "linear", "beta_start": 1e-2, "beta_end": 0.5}},
     "difftraj": {"channels": 8, "channel_mult": [1, 2], "attention": False,
                  "diffusion": {**DIFF, "beta_schedule": "linear", "beta_start": 1e-2, "beta_end": 0.5}},
+    "mstdiff-traffic": {"denoiser": {"d_model": 16, "n_heads": 2, "layers_per_stage": 1, "final_layers": 0},
+                        "vqvae": {"epochs": 2, "num_codes": 8, "hidden": 8, "code_dim": 4},
+                        "diffusion": DIFF},
 }
 
 
@@ -32,7 +36,7 @@ def city():
     return synthetic_city(n_users=24, n_stations=30, days=2, seed=11)
 
 
-@pytest.fixture(scope="module", params=["csdi", "dit", "difftraj"])
+@pytest.fixture(scope="module", params=["csdi", "dit", "difftraj", "mstdiff-traffic"])
 def fitted(request, city):
     return make_baseline(request.param, tiny(request.param)).fit(city, progress=False)
 

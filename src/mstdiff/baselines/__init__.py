@@ -2,7 +2,8 @@
 
 Trajectory: :class:`Markov` (time-of-day Markov chain), :class:`TimeGeo` (Jiang et al. 2016),
 :class:`DiffTraj` (Zhu et al. 2023). Traffic: :class:`CSDI` (Tashiro et al. 2021), :class:`DiT`
-(DiT-1D, Peebles & Xie 2023). A traffic and a trajectory baseline combine into an independent
+(DiT-1D, Peebles & Xie 2023), :class:`MSTDiffTraffic` (MSTDiff without trajectory, the paper's
+ablation). A traffic and a trajectory baseline combine into an independent
 :class:`Pair` (``"csdi+timegeo"``). Build by name with :func:`make_baseline`, fit on a prepared
 dataset, and write a generated set with :func:`generate_dataset`; see :mod:`mstdiff.baselines.base`.
 All re-implemented from the papers.
@@ -24,6 +25,7 @@ from mstdiff.baselines.csdi import CSDI, CSDIConfig
 from mstdiff.baselines.difftraj import DiffTraj, DiffTrajConfig, StationSnapper
 from mstdiff.baselines.dit import DiT, DiTConfig
 from mstdiff.baselines.markov import Markov, MarkovConfig
+from mstdiff.baselines.mstdiff_traffic import MSTDiffTraffic, MSTDiffTrafficConfig
 from mstdiff.baselines.timegeo import TimeGeo, TimeGeoConfig
 from mstdiff.data.scaling import TrafficScaler
 
@@ -38,6 +40,8 @@ __all__ = [
     "DiffTrajConfig",
     "DiffusionConfig",
     "GeneratedSeries",
+    "MSTDiffTraffic",
+    "MSTDiffTrafficConfig",
     "Markov",
     "MarkovConfig",
     "Pair",

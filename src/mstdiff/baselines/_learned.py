@@ -153,6 +153,12 @@ class DiffusionBaseline(Baseline):
         """Inverse of :meth:`_extra_state`."""
 
     # ------------------------------------------------------------------ training
+    def _make_optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
+        """AdamW over the trainable parameters (a subclass may split decay groups)."""
+        tc: TrainConfig = self.config.train
+        params = [p for p in net.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+
     def _loss(self, net: nn.Module, sched: DDPMSchedule, x0: torch.Tensor,
               g: torch.Generator) -> torch.Tensor:
         """ε-prediction MSE with ``s ~ U{0..S-1}`` and ``ε ~ N(0, I)`` drawn from ``g`` (CPU)."""
@@ -212,7 +218,7 @@ class DiffusionBaseline(Baseline):
 
         with local_rng(tc.seed), cpu_threads(tc.threads):  # reproducible init/dropout; global RNG untouched
             net = self._build_network(train.T).to(self.device)
-            opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+            opt = self._make_optimizer(net)
             lr_sched = torch.optim.lr_scheduler.LambdaLR(
                 opt, lr_lambda(tc.lr_schedule, total, min(tc.warmup_steps, max(total - 1, 0))))
             ema = EMA(net, tc.ema_decay)
@@ -238,7 +244,8 @@ class DiffusionBaseline(Baseline):
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if tc.grad_clip > 0:
-                        nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
+                        nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad],
+                                                 tc.grad_clip)
                     opt.step()
                     lr_sched.step()
                     ema.update(net)

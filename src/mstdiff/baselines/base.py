@@ -28,7 +28,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from mstdiff.config import from_dict, to_dict
+from mstdiff.config import deep_merge, from_dict, to_dict
 from mstdiff.data.dataset import PreparedDataset
 from mstdiff.errors import InputError
 from mstdiff.training.utils import load_checkpoint, save_checkpoint
@@ -105,7 +105,7 @@ class Baseline(ABC):
     def __init__(self, config: Any = None) -> None:
         if config is None or isinstance(config, dict):
             # nested sections (e.g. "train", "diffusion") override this baseline's own defaults key by key
-            merged = _deep_merge(to_dict(self.config_class()), config or {})
+            merged = deep_merge(to_dict(self.config_class()), config or {})
             config = from_dict(self.config_class, merged, where=f"baselines.{self.name}")
         elif not isinstance(config, self.config_class):
             raise InputError(
@@ -201,17 +201,6 @@ class Baseline(ABC):
     def __repr__(self) -> str:
         state = f"T={self.T}, N={self.n_stations}" if self.fitted else "not fitted"
         return f"{type(self).__name__}({state})"
-
-
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``override``; where both hold a dict, merged recursively."""
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 # ----------------------------------------------------------------------------- registry

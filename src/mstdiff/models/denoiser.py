@@ -19,6 +19,12 @@ Reads top to bottom (DESIGN §1):
    dot products with the station table: cost O(B·T·N·d), no (N, N) table anywhere.
 
 N only enters through the station table and the logits, so N = 5,000 costs 5,000·d parameters.
+
+``use_locations = False`` is the paper's ablation "MSTDiff without trajectory": the same stages,
+layers and widths, but the location stream of every stage is fed one learned vector (no station
+table, no trajectory input) and there are no logits. The traffic tokens still run through the
+same self-/cross-attention layers, so the traffic branch has the same size and depth; only the
+trajectory information (and the N·d station table, the full-resolution location path) is gone.
 Token positions are the centre times of the slots a token covers (token i of a scale with stride
 r sits at ``r·i + (r−1)/2``), so tokens of different scales describing the same time share a
 position code.
@@ -56,10 +62,11 @@ class DenoiserConfig:
     dropout: float = 0.1  # attention and residual dropout (DDPM used 0.1 on small data)
     init_std: float = 0.02  # std of the normal init of Linear / Embedding weights (nanoGPT, GPT-2)
     use_vqvae: bool = True  # fuse the frozen pre-trained VQ-VAE at its scale (False: ablation)
+    use_locations: bool = True  # False: "MSTDiff without trajectory" (traffic branch alone; ablation)
 
     def validate(self) -> None:
         """Raise :class:`InputError` for a config no model can be built from."""
-        if self.num_stations < 2:
+        if self.use_locations and self.num_stations < 2:
             raise InputError(
                 f"denoiser.num_stations = {self.num_stations}",
                 fix="set num_stations to the number of stations of the dataset (at least 2)",
@@ -81,7 +88,7 @@ class DenoiserOutput:
     """What the network predicts for ``(w_s, l_s, s)``."""
 
     eps: Tensor  # ε̂, (B, T), aligned with the wavelet coefficients w
-    logits: Tensor  # z of p_θ(l0 | l_s, w_s, s), (B, T, N), aligned with time
+    logits: Tensor | None  # z of p_θ(l0 | l_s, w_s, s), (B, T, N), aligned with time; None without locations
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,7 +281,8 @@ class MSTDiffDenoiser(nn.Module):
             vqvae = None
         self.vq_scale: str | None = vqvae.config.scale if vqvae is not None else None
 
-        self.station_emb = nn.Embedding(N, d)  # E, shared by the input embedding and the logits head
+        # E (N, d), shared by the input embedding and the logits head; without locations, one vector
+        self.station_emb = nn.Embedding(N if cfg.use_locations else 1, d)
         self.type_emb = nn.Embedding(2, d)  # 0 = traffic token, 1 = location token
         self.step_mlp = nn.Sequential(
             nn.Linear(d, cfg.mlp_ratio * d), nn.SiLU(), nn.Linear(cfg.mlp_ratio * d, d)
@@ -290,15 +298,21 @@ class MSTDiffDenoiser(nn.Module):
                 for i, scale in enumerate(SCALES)
             ]
         )
-        self.full_in = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))  # full-resolution location path
-        self.full_merge = nn.Linear(d, d)  # finest stage's location tokens, upsampled T/2 → T
-        self.full_layers = nn.ModuleList([StreamLayer(cfg) for _ in range(cfg.final_layers)])
-        self.ln_f = nn.LayerNorm(d)
-        self.head_proj = nn.Linear(d, d)
-        self.logits_head = nn.Linear(d, N)  # logits = h Eᵀ + b_station
-        self.logits_head.weight = self.station_emb.weight  # weight tying (one (N, d) table)
+        self.full_in: nn.Module | None = None
+        self.logits_head: nn.Linear | None = None
+        if cfg.use_locations:
+            self.full_in = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))  # full-resolution location path
+            self.full_merge = nn.Linear(d, d)  # finest stage's location tokens, upsampled T/2 → T
+            self.full_layers = nn.ModuleList([StreamLayer(cfg) for _ in range(cfg.final_layers)])
+            self.ln_f = nn.LayerNorm(d)
+            self.head_proj = nn.Linear(d, d)
+            self.logits_head = nn.Linear(d, N)  # logits = h Eᵀ + b_station
+            self.logits_head.weight = self.station_emb.weight  # weight tying (one (N, d) table)
         init_weights_(self, generator, std=cfg.init_std)
         if station_embeddings is not None:
+            if not cfg.use_locations:
+                raise InputError("station embeddings given to a denoiser without locations",
+                                 fix="drop station_embeddings or set use_locations = true")
             self.init_station_embeddings_(station_embeddings)
 
         self.vqvae = vqvae  # registered after init_weights_: its trained weights are left untouched
@@ -365,8 +379,11 @@ class MSTDiffDenoiser(nn.Module):
             raise ValueError(f"location probabilities must have shape (B, T, {N}), got {tuple(loc.shape)}")
         return loc.to(E.dtype) @ E  # (B, T, d)
 
-    def forward(self, w_s: Tensor, loc: Tensor, s: Tensor) -> DenoiserOutput:
-        """``w_s (B, T)`` float, ``loc`` ids ``(B, T)`` or probabilities ``(B, T, N)``, ``s (B,)``."""
+    def forward(self, w_s: Tensor, loc: Tensor | None, s: Tensor) -> DenoiserOutput:
+        """``w_s (B, T)`` float, ``loc`` ids ``(B, T)`` or probabilities ``(B, T, N)``, ``s (B,)``.
+
+        Without locations (``use_locations = False``) ``loc`` must be None and ``logits`` is None.
+        """
         cfg = self.config
         B, T = w_s.shape
         if T != cfg.seq_len:
@@ -375,14 +392,19 @@ class MSTDiffDenoiser(nn.Module):
                 f"the denoiser was built for T = {cfg.seq_len} but got T = {T}",
                 fix="build the denoiser with seq_len equal to the dataset's T",
             )
-        if loc.shape[:2] != (B, T) or s.shape != (B,):
-            raise ValueError(
-                f"shapes disagree: w_s {tuple(w_s.shape)}, loc {tuple(loc.shape)}, s {tuple(s.shape)}"
-            )
+        if (loc is None) == cfg.use_locations:
+            raise ValueError("pass locations exactly when the denoiser uses them (use_locations = "
+                             f"{cfg.use_locations}, got loc {'None' if loc is None else tuple(loc.shape)})")
+        if (loc is not None and loc.shape[:2] != (B, T)) or s.shape != (B,):
+            raise ValueError(f"shapes disagree: w_s {tuple(w_s.shape)}, "
+                             f"loc {None if loc is None else tuple(loc.shape)}, s {tuple(s.shape)}")
         d = cfg.d_model
         slices = scale_slices(T)
 
-        loc_emb = self.embed_locations(loc)  # (B, T, d)
+        if loc is None:  # ablation: every location token starts from the one learned vector
+            loc_emb = self.station_emb.weight.expand(B, T, d)  # (B, T, d)
+        else:
+            loc_emb = self.embed_locations(loc)  # (B, T, d)
         cond = self.step_mlp(sinusoidal_embedding(s, d))  # (B, d)
         type_emb = self.type_emb.weight  # (2, d)
         vq = None
@@ -404,6 +426,8 @@ class MSTDiffDenoiser(nn.Module):
         eps = torch.cat(eps_parts, dim=1)  # (B, T), aligned with w
         assert prev is not None
         x_fine, y_fine = prev  # (B, T/2, d) each
+        if self.full_in is None or self.logits_head is None:
+            return DenoiserOutput(eps=eps, logits=None)
 
         # full-resolution location logits, aligned with time
         pos_T = sinusoidal_embedding(time_positions(T, T, w_s.device), d)  # (T, d)
