@@ -38,7 +38,7 @@ def pair(city):
 
 
 def test_registry_names():
-    assert baseline_names() == ["csdi", "difftraj", "dit", "markov", "timegeo"]
+    assert baseline_names() == ["csdi", "difftraj", "dit", "markov", "mstdiff-traffic", "timegeo"]
     for name, cls in BASELINES.items():
         assert cls.name == name and cls.produces in ({frozenset({"traffic"}), frozenset({"locations"})})
         m = make_baseline(name)
