@@ -69,3 +69,20 @@ def test_cli_user_error_is_one_clear_message(tmp_path):
     res = CliRunner().invoke(cli, ["info", str(tmp_path / "missing")])
     assert res.exit_code == 2
     assert "error:" in res.output and "not a directory" in res.output and "Traceback" not in res.output
+
+
+def test_run_dir_written_before_a_new_setting_existed_is_still_the_same_config(tmp_path):
+    import yaml
+
+    from mstdiff.pipeline import RunConfig, _start_run_dir
+
+    cfg = RunConfig()
+    _start_run_dir(cfg, tmp_path, overwrite=False)
+    old = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del old["train"]["grad_clip"]  # as written by a version without that setting (default unchanged)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    _start_run_dir(cfg, tmp_path, overwrite=False)  # accepted
+    old["train"]["lr"] = 0.5
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    with pytest.raises(InputError, match="different config"):
+        _start_run_dir(cfg, tmp_path, overwrite=False)

@@ -134,8 +134,13 @@ def _start_run_dir(config: Any, out: Path, overwrite: bool) -> None:
         _clear_run_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     if (out / "config.yaml").exists():
-        previous = load_yaml(out / "config.yaml")
-        if previous != yaml.safe_load(dump_yaml(config)):  # compare in YAML form (tuples → lists)
+        # compare in YAML form (tuples → lists), the old file read with today's defaults, so that
+        # a setting added to the package since does not make an old run directory "different"
+        try:
+            previous = yaml.safe_load(dump_yaml(from_dict(type(config), load_yaml(out / "config.yaml"))))
+        except InputError:
+            previous = None
+        if previous != yaml.safe_load(dump_yaml(config)):
             raise InputError("this run directory was made with a different config", where=str(out),
                              fix="pass --overwrite to start again, or use a new --out")
     atomic_write_text(out / "config.yaml", dump_yaml(config))
