@@ -270,30 +270,47 @@ def prepare_app_usage(
                   "traffic is missing or not a finite number", "traffic is bytes, a number >= 0"),
             Check("_amount < 0", (role["traffic"],), "negative traffic", "traffic is bytes, a number >= 0"),
         ], table.locate)
-        reasons = dict(con.execute(f"""
-            SELECT CASE WHEN _ts < TIMESTAMP {sql_str(start_txt)} OR _ts >= TIMESTAMP {sql_str(end_txt)}
-                        THEN 'outside_period' ELSE 'kept' END, count(*)
-            FROM parsed GROUP BY ALL
-        """).fetchall())
-        n_read = int(sum(reasons.values()))
-        if n_read == 0:
-            raise InputError("the records file has no rows", where=str(path), fix="pass a non-empty file")
-        con.execute(f"""
-            CREATE TEMP VIEW kept AS SELECT _user, _ts, _station, _amount FROM parsed
-            WHERE _ts >= TIMESTAMP {sql_str(start_txt)} AND _ts < TIMESTAMP {sql_str(end_txt)}
-        """)
-        ids = [str(r[0]) for r in con.execute("SELECT DISTINCT _station FROM kept").fetchall()]
-        keys = numeric_order_key(ids)
-        ids = [ids[i] for i in sorted(range(len(ids)), key=keys.__getitem__)]
-        con.register("_st_df", pd.DataFrame({"_station": ids, "idx": np.arange(len(ids), dtype=np.int64)}))
-        n_days = int(fetch_row(con, "SELECT count(DISTINCT CAST(_ts AS DATE)) FROM kept")[0])
+        # One pass reduces the records to one row per (user, window, slot, station, day) of the study
+        # period (records outside it collapse into one row), which gives the period counts and the
+        # days too. Nothing is joined to the records themselves: a join there made DuckDB build its
+        # hash table on the records (memory growing with the log's length).
+        in_period = f"(_ts >= TIMESTAMP {sql_str(start_txt)} AND _ts < TIMESTAMP {sql_str(end_txt)})"
         window_start, slot = window_slot_sql("_ts", origin=start_txt, window_minutes=window_minutes,
                                              bin_minutes=bin_minutes)
         con.execute(f"""
+            CREATE TEMP TABLE _groups AS
+            SELECT {in_period} AS _in,
+                   CASE WHEN {in_period} THEN CAST(_ts AS DATE) END AS _day,
+                   CASE WHEN {in_period} THEN _user END AS user,
+                   CASE WHEN {in_period} THEN {window_start} END AS window_start,
+                   CASE WHEN {in_period} THEN {slot} END AS slot,
+                   CASE WHEN {in_period} THEN _station END AS _station,
+                   sum(_amount) AS amount, count(*) AS n
+            FROM parsed GROUP BY ALL
+        """)
+        n_out, n_kept, n_days = (int(v or 0) for v in fetch_row(con, """
+            SELECT sum(n) FILTER (WHERE NOT _in), sum(n) FILTER (WHERE _in),
+                   count(DISTINCT _day) FILTER (WHERE _in)
+            FROM _groups
+        """))
+        reasons = {"outside_period": n_out, "kept": n_kept}
+        n_read = n_out + n_kept
+        if n_read == 0:
+            raise InputError("the records file has no rows", where=str(path), fix="pass a non-empty file")
+        con.execute("""
+            CREATE TEMP TABLE _slot_station AS
+            SELECT user, window_start, slot, _station, sum(amount) AS amount
+            FROM _groups WHERE _in GROUP BY ALL
+        """)
+        con.execute("DROP TABLE _groups")
+        ids = [str(r[0]) for r in con.execute("SELECT DISTINCT _station FROM _slot_station").fetchall()]
+        keys = numeric_order_key(ids)
+        ids = [ids[i] for i in sorted(range(len(ids)), key=keys.__getitem__)]
+        con.register("_st_df", pd.DataFrame({"_station": ids, "idx": np.arange(len(ids), dtype=np.int64)}))
+        con.execute("""
             CREATE TEMP VIEW cells AS
-            SELECT _user AS user, {window_start} AS window_start, {slot} AS slot, s.idx AS station,
-                   _amount AS amount
-            FROM kept JOIN _st_df AS s USING (_station)
+            SELECT user, window_start, slot, s.idx AS station, amount
+            FROM _slot_station JOIN _st_df AS s USING (_station)
         """)
         binned = bin_slots(con, "cells", T=T, min_active_slots=min_active_slots)
 
