@@ -211,7 +211,11 @@ def pretrain_vqvae(train_dir: Path, out: Path, config: Path | None, sets: tuple[
 def train(train_dir: Path, val_dir: Path | None, transition: Path, vqvae: Path | None,
           embeddings: Path | None, config: Path | None, sets: tuple[str, ...], out: Path,
           resume: bool) -> None:
-    """Train MSTDiff jointly on traffic and locations (Algorithm 1)."""
+    """Train MSTDiff jointly on traffic and locations (Algorithm 1).
+
+    Data-parallel: run it under `torchrun --nproc_per_node K --no-python mstdiff train ...`
+    (batch_size is the global batch; only rank 0 writes to OUT).
+    """
     import os
 
     import numpy as np
@@ -231,8 +235,10 @@ def train(train_dir: Path, val_dir: Path | None, transition: Path, vqvae: Path |
         station_embeddings=torch.from_numpy(np.load(embeddings)).float() if embeddings else None,
         resume=resume,
     )
-    click.echo(f"{res.steps} steps in {res.seconds:.0f} s ({res.samples_per_second:.1f} samples/s); "
-               f"peak RSS {res.peak_rss_mb:.0f} MiB; wrote {out / 'model.pt'}")
+    if res.rank == 0:  # under torchrun: one summary, from the process that wrote the files
+        procs = f" over {res.world_size} processes" if res.world_size > 1 else ""
+        click.echo(f"{res.steps} steps in {res.seconds:.0f} s ({res.samples_per_second:.1f} samples/s"
+                   f"{procs}); peak RSS {res.peak_rss_mb:.0f} MiB; wrote {out / 'model.pt'}")
 
 
 @cli.command("generate")

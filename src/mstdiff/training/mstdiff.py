@@ -8,6 +8,10 @@ Reproducibility: data order comes from a generator seeded with ``(seed, epoch)``
 from one generator whose state is checkpointed, dropout from torch's default generator inside a
 :func:`~mstdiff.training.utils.local_rng` scope whose state is checkpointed too. So an interrupted
 run resumed with ``resume=True`` ends with the same weights as an uninterrupted one.
+
+Data-parallel training: run the same command under ``torchrun --nproc_per_node K``; see
+:mod:`mstdiff.training.distributed` for how batches, seeds and outputs are shared out. Optional
+mixed precision (``amp``) and ``torch.compile`` (``compile``) are off by default.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -42,7 +46,17 @@ from mstdiff.models.denoiser import DenoiserConfig, MSTDiffDenoiser
 from mstdiff.models.losses import training_loss
 from mstdiff.models.vqvae import VQVAE
 from mstdiff.models.wavelet import dwt, idwt
-from mstdiff.training.utils import EMA, load_checkpoint, local_rng, lr_lambda, resolve_device, save_checkpoint
+from mstdiff.training import distributed
+from mstdiff.training.utils import (
+    EMA,
+    Autocast,
+    load_checkpoint,
+    local_rng,
+    lr_lambda,
+    needs_grad_scaler,
+    resolve_device,
+    save_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +65,7 @@ logger = logging.getLogger(__name__)
 class TrainConfig:
     epochs: int = 20  # passes over the training samples
     max_steps: int | None = None  # stop after this many optimiser steps (None: run all epochs)
-    batch_size: int = 64  # samples per optimiser step
+    batch_size: int = 64  # samples per optimiser step (the global batch: split over torchrun's K ranks)
     lr: float = 1e-3  # AdamW peak learning rate
     weight_decay: float = 0.01  # AdamW decay of matrices and embeddings (not biases / norms)
     schedule: str = "cosine"  # cosine | step | constant, after a linear warm-up
@@ -63,9 +77,11 @@ class TrainConfig:
     checkpoint_every: int = 200  # optimiser steps between checkpoints (and one per epoch)
     log_every: int = 25  # optimiser steps between history lines
     seed: int = 0  # seeds data order, noise, dropout and initial weights
-    device: str = "auto"  # auto | cpu | cuda | cuda:K
+    device: str = "auto"  # auto | cpu | cuda | cuda:K (under torchrun: auto/cuda → cuda:LOCAL_RANK)
     num_threads: int | None = None  # torch intra-op threads on CPU (None: torch's default)
-    progress: bool = True  # tqdm progress bar
+    progress: bool = True  # tqdm progress bar (rank 0 only)
+    amp: bool = False  # mixed precision: the network under autocast (bf16; fp16 + loss scaling on old GPUs)
+    compile: bool = False  # torch.compile the denoiser (slow first steps; pays off on GPUs, long runs)
 
 
 @dataclass
@@ -81,8 +97,10 @@ class TrainResult:
     steps: int
     history: list[dict[str, float]]
     seconds: float
-    samples_per_second: float
-    peak_rss_mb: float
+    samples_per_second: float  # global: all ranks together
+    peak_rss_mb: float  # this process
+    rank: int = 0  # this process's rank under torchrun (only rank 0 wrote the outputs)
+    world_size: int = 1  # number of processes that trained together
 
 
 # ----------------------------------------------------------------------------- tensors
@@ -250,23 +268,57 @@ def train_mstdiff(
 
     With ``resume=True`` and a ``checkpoint.pt`` in ``out_dir``, training continues exactly where it
     stopped. Ctrl-C writes a checkpoint before stopping, so nothing is lost. ``callback(step, parts)``
-    is called after every optimiser step with the detached loss parts.
+    is called after every optimiser step with the detached loss parts (means over the global batch).
+
+    Under ``torchrun --nproc_per_node K`` (or inside a process group the caller initialised) every
+    process runs this function: the denoiser is wrapped in DistributedDataParallel, each rank trains
+    on its chunk of every global batch, and only rank 0 writes files, validates and shows progress
+    (:mod:`mstdiff.training.distributed`). With K = 1 the result equals a plain run's bit for bit.
     """
-    cfg = train_config
-    out = Path(out_dir)
+    ctx, device = distributed.setup(train_config.device)
+    try:
+        return _train(train, val, discrete=discrete, vqvae=vqvae, model_config=model_config,
+                      cfg=train_config, out=Path(out_dir), transition_path=transition_path,
+                      station_embeddings=station_embeddings, resume=resume, callback=callback,
+                      ctx=ctx, device=device)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(
+    train: PreparedDataset,
+    val: PreparedDataset | None,
+    *,
+    discrete: Any,
+    vqvae: VQVAE | None,
+    model_config: ModelConfig,
+    cfg: TrainConfig,
+    out: Path,
+    transition_path: str | None,
+    station_embeddings: Tensor | None,
+    resume: bool,
+    callback: Callable[[int, dict[str, float]], None] | None,
+    ctx: distributed.DistContext,
+    device: torch.device,
+) -> TrainResult:
+    K, rank, main = ctx.world_size, ctx.rank, ctx.is_main
     ckpt_path = out / "checkpoint.pt"
-    if out.exists() and any(out.iterdir()) and not resume:
+    distributed.check_batch_size(cfg.batch_size, K)
+    problem = None
+    if main and out.exists() and any(out.iterdir()) and not resume:
+        problem = "training output directory is not empty"
+    if distributed.broadcast_object(problem, ctx):  # rank 0 decides; every rank stops alike
         raise InputError("training output directory is not empty", where=str(out),
                          fix="pass --resume to continue it, or choose a new --out")
-    out.mkdir(parents=True, exist_ok=True)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    device = resolve_device(cfg.device)
     model_config = dataclasses.replace(
         model_config,
         denoiser=dataclasses.replace(model_config.denoiser, num_stations=train.n_stations, seq_len=train.T),
     )
-    atomic_write_text(out / "config.yaml", dump_yaml({"model": model_config, "train": cfg}))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", dump_yaml({"model": model_config, "train": cfg}))
 
     scaler = TrafficScaler.fit(train.traffic)
     w0, l0 = encode_series(train, scaler, device)
@@ -283,7 +335,11 @@ def train_mstdiff(
     total = min(cfg.epochs * per_epoch, cfg.max_steps or 10**12)  # optimiser steps in all
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.schedule, total, cfg.warmup_steps))
     ema = EMA(denoiser, cfg.ema_decay)
-    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    # this rank's streams; rank 0 (and a single process) uses exactly seed + 1 and seed
+    rseed = distributed.rank_seed(cfg.seed, rank)
+    noise_gen = torch.Generator(device=device).manual_seed(rseed + 1)
+    grad_scaler = (torch.amp.GradScaler(device.type)
+                   if cfg.amp and device.type == "cuda" and needs_grad_scaler(device) else None)
 
     # position: the next batch to run is batch `batch` of epoch `epoch`
     step, epoch, batch = 0, 0, 0
@@ -296,24 +352,63 @@ def train_mstdiff(
         opt.load_state_dict(st["opt"])
         sched.load_state_dict(st["sched"])
         ema.load_state_dict(st["ema"])
-        noise_gen.set_state(st["noise_gen"].cpu() if device.type == "cpu" else st["noise_gen"])
-        rng_state = st["torch_rng"].cpu()
+        if grad_scaler is not None and st.get("grad_scaler"):
+            grad_scaler.load_state_dict(st["grad_scaler"])
+        streams = _rank_streams(st, rank, K)
+        if streams is not None:
+            noise_gen.set_state(streams["noise_gen"].cpu() if device.type == "cpu" else streams["noise_gen"])
+            rng_state = streams["torch_rng"].cpu()
+        if streams is None and rank == 1:
+            saved = st.get("world_size", 1)
+            why = (f"was written by {saved} process(es)" if saved != K
+                   else "was written on an interrupt, with rank 0's streams only")
+            logger.warning(
+                "checkpoint %s %s: ranks 1..%d restart their noise and dropout streams from their "
+                "seeds (training continues correctly, but not bit for bit like an uninterrupted run)",
+                ckpt_path, why, K - 1)
         step, epoch, batch = st["step"], st["epoch"], st["batch"]
         history, running = st["history"], st["running"]
-        logger.info("resumed from %s at step %d (epoch %d, batch %d)", ckpt_path, step, epoch, batch)
+        if main:
+            logger.info("resumed from %s at step %d (epoch %d, batch %d)", ckpt_path, step, epoch, batch)
 
-    def checkpoint() -> None:
+    # the network as the loss calls it: DDP (any K), then torch.compile, then autocast
+    net: Any = denoiser
+    if ctx.active:
+        def probe(m: torch.nn.Module) -> Tensor:
+            g = torch.Generator(device=device).manual_seed(cfg.seed + 104729)
+            return training_loss(m, hybrid, w0[:2], l0[:2], g, cfg.loss_weights)[0]
+
+        unused = distributed.unused_parameters(denoiser, probe)
+        if unused and main:
+            logger.info("DDP: %d parameters get no gradient (%s...): find_unused_parameters on",
+                        len(unused), ", ".join(unused[:3]))
+        net = distributed.wrap_ddp(denoiser, device, find_unused_parameters=bool(unused))
+    if cfg.compile:
+        net = torch.compile(net)
+    if cfg.amp:
+        net = Autocast(net, device)
+
+    def checkpoint(*, collective: bool = True) -> None:
+        """Rank 0 writes; with K > 1 the ranks' random streams are gathered first (collective)."""
+        mine = {"noise_gen": noise_gen.get_state(), "torch_rng": torch.get_rng_state()}
+        streams = distributed.gather_objects(mine, ctx) if collective else None
+        if not main:
+            return
         save_checkpoint(ckpt_path, {
             "model": denoiser.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-            "ema": ema.state_dict(), "noise_gen": noise_gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "ema": ema.state_dict(), "noise_gen": mine["noise_gen"], "torch_rng": mine["torch_rng"],
+            "rank_streams": streams if K > 1 else None, "world_size": K,
+            "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else None,
             "step": step, "epoch": epoch, "batch": batch, "history": history, "running": running,
         })
 
     def end_epoch() -> None:
-        """Validate with the EMA weights (fixed noise) and move to the next epoch."""
+        """Validate with the EMA weights (fixed noise; rank 0 only) and move to the next epoch."""
         nonlocal epoch, batch
         epoch, batch = epoch + 1, 0
-        vrec = validation_loss(ema.shadow, hybrid, wv, lv, cfg)
+        if not main:
+            return
+        vrec = validation_loss(cast(MSTDiffDenoiser, ema.shadow), hybrid, wv, lv, cfg)
         if vrec:
             history.append({"step": step, "epoch": epoch, **vrec})
             logger.info("epoch %d: %s", epoch, vrec)
@@ -321,8 +416,8 @@ def train_mstdiff(
     t0 = time.perf_counter()
     steps_at_start = step
     order, order_epoch = torch.empty(0, dtype=torch.long), -1
-    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not cfg.progress)
-    with local_rng(cfg.seed, rng_state):
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not (cfg.progress and main))
+    with local_rng(rseed, rng_state):
         denoiser.train()
         try:
             while step < total:
@@ -332,25 +427,34 @@ def train_mstdiff(
                     continue
                 if order_epoch != epoch:
                     order, order_epoch = _epoch_order(U, cfg.seed, epoch).to(device), epoch
-                idx = order[batch * B:(batch + 1) * B]
-                loss, parts = training_loss(denoiser, hybrid, w0[idx], l0[idx], noise_gen, cfg.loss_weights)
+                idx = order[batch * B:(batch + 1) * B]  # the global batch, the same on every rank
+                loss, parts, n_local = _local_loss(net, hybrid, w0, l0, idx, noise_gen, cfg, ctx)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if grad_scaler is not None:
+                    grad_scaler.scale(loss).backward()
+                    grad_scaler.unscale_(opt)
+                else:
+                    loss.backward()  # DDP: gradients averaged over the ranks here
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(denoiser.trainable_parameters(), cfg.grad_clip)
-                opt.step()
+                if grad_scaler is not None:
+                    grad_scaler.step(opt)
+                    grad_scaler.update()
+                else:
+                    opt.step()
                 sched.step()
                 ema.update(denoiser)
                 step, batch = step + 1, batch + 1
-                for k, v in parts.items():
-                    running[k] = running.get(k, 0.0) + float(v)
+                values = _global_means(parts, n_local, int(idx.numel()), ctx)
+                for k, v in values.items():
+                    running[k] = running.get(k, 0.0) + v
                 running["n"] = running.get("n", 0.0) + 1
                 bar.update(1)
                 if callback is not None:
-                    callback(step, {k: float(v) for k, v in parts.items()})
+                    callback(step, dict(values))
                 if step % cfg.log_every == 0 or step == total:
                     n = running.pop("n")
-                    rec = {"step": step, "epoch": epoch, "lr": sched.get_last_lr()[0],
+                    rec = {"step": step, "epoch": epoch, "lr": float(sched.get_last_lr()[0]),
                            **{k: v / n for k, v in running.items()}}
                     history.append(rec)
                     bar.set_postfix(loss=f"{rec['total']:.4f}")
@@ -360,25 +464,73 @@ def train_mstdiff(
             if batch == per_epoch:  # the last epoch's validation
                 end_epoch()
         except KeyboardInterrupt:
-            logger.warning("interrupted at step %d: writing %s (continue with --resume)", step, ckpt_path)
-            checkpoint()
+            if main:
+                logger.warning("interrupted at step %d: writing %s (continue with --resume)", step, ckpt_path)
+            # no collective here: the other ranks may be interrupted elsewhere (their streams restart)
+            checkpoint(collective=K == 1)
             raise
         finally:
             bar.close()
         checkpoint()
     seconds = time.perf_counter() - t0
     done = step - steps_at_start
-    sps = done * B / seconds if seconds > 0 else 0.0
-    ema.shadow.eval()
-    bundle = MSTDiff(ema.shadow, hybrid, scaler, model_config)
-    meta = run_meta(stage="train", steps=step, epochs=epoch, samples_per_second=sps,
-                    train_samples=U, val_samples=int(wv.shape[0]), device=str(device),
-                    trainable_parameters=denoiser.num_parameters(), peak_rss_mb=peak_rss_mb(),
-                    seconds=seconds)
-    bundle.save(out / "model.pt", transition_path=transition_path, meta=meta)
-    atomic_write_text(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    write_json(out / "meta.json", meta)
-    return TrainResult(out, step, history, seconds, sps, peak_rss_mb())
+    sps = done * B / seconds if seconds > 0 else 0.0  # global samples (all ranks together)
+    if main:
+        ema.shadow.eval()
+        bundle = MSTDiff(cast(MSTDiffDenoiser, ema.shadow), hybrid, scaler, model_config)
+        meta = run_meta(stage="train", steps=step, epochs=epoch, samples_per_second=sps,
+                        train_samples=U, val_samples=int(wv.shape[0]), device=str(device),
+                        world_size=K, backend=ctx.backend, amp=cfg.amp, compile=cfg.compile,
+                        trainable_parameters=denoiser.num_parameters(), peak_rss_mb=peak_rss_mb(),
+                        seconds=seconds)
+        bundle.save(out / "model.pt", transition_path=transition_path, meta=meta)
+        atomic_write_text(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        write_json(out / "meta.json", meta)
+    distributed.barrier(ctx)  # every rank returns once the outputs exist
+    return TrainResult(out, step, history, seconds, sps, peak_rss_mb(), rank=rank, world_size=K)
+
+
+def _rank_streams(st: dict[str, Any], rank: int, world_size: int) -> dict[str, Tensor] | None:
+    """This rank's saved noise and dropout generator states, or None when the checkpoint lacks them."""
+    if rank == 0:
+        return {"noise_gen": st["noise_gen"], "torch_rng": st["torch_rng"]}
+    streams = st.get("rank_streams")
+    if streams is None or st.get("world_size", 1) != world_size:
+        return None
+    return streams[rank]
+
+
+def _local_loss(
+    net: Any, hybrid: HybridDiffusion, w0: Tensor, l0: Tensor, idx: Tensor, noise_gen: torch.Generator,
+    cfg: TrainConfig, ctx: distributed.DistContext,
+) -> tuple[Tensor, dict[str, Tensor], int]:
+    """This rank's loss on its chunk of the global batch ``idx``, its parts and the chunk size.
+
+    The loss is the chunk mean, rescaled when a short last batch leaves unequal chunks, so that
+    DDP's average over the ranks is the global-batch mean (a rank with an empty chunk runs one
+    sample with weight 0, as DDP needs every rank in every backward pass).
+    """
+    if ctx.world_size == 1:
+        loss, parts = training_loss(net, hybrid, w0[idx], l0[idx], noise_gen, cfg.loss_weights)
+        return loss, parts, int(idx.numel())
+    mine = distributed.local_chunk(idx, ctx.rank, ctx.world_size)
+    n_local = int(mine.numel())
+    weight = distributed.chunk_weight(n_local, int(idx.numel()), ctx.world_size)
+    if n_local == 0:
+        mine = idx[:1]
+    loss, parts = training_loss(net, hybrid, w0[mine], l0[mine], noise_gen, cfg.loss_weights)
+    return (loss * weight if weight != 1.0 else loss), parts, n_local
+
+
+def _global_means(parts: dict[str, Tensor], n_local: int, n_global: int,
+                  ctx: distributed.DistContext) -> dict[str, float]:
+    """Loss parts as means over the global batch (chunk means weighted by chunk size, summed over ranks)."""
+    if ctx.world_size == 1:
+        return {k: float(v) for k, v in parts.items()}
+    keys = list(parts)
+    vec = torch.stack([parts[k].detach().double() for k in keys]) * n_local  # (P,)
+    vec = distributed.all_reduce_sum(vec, ctx) / n_global
+    return dict(zip(keys, vec.tolist()))
 
 
 # ----------------------------------------------------------------------------- generation

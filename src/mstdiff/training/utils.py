@@ -1,13 +1,14 @@
 """Training plumbing shared by MSTDiff and the learned baselines.
 
-EMA of weights, atomic checkpoints, learning-rate schedules, device selection, and a
-process-local RNG scope (so dropout is reproducible without seeding the caller's global RNG).
+EMA of weights, atomic checkpoints, learning-rate schedules, device selection, a process-local
+RNG scope (so dropout is reproducible without seeding the caller's global RNG) and mixed precision.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
 import math
 import os
@@ -123,3 +124,52 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# ----------------------------------------------------------------------------- mixed precision
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype:
+    """Low-precision compute type of ``torch.autocast``: bfloat16 on CPU and on GPUs that support it
+    (Ampere and later), else float16 (which needs a gradient scaler, :func:`needs_grad_scaler`)."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def needs_grad_scaler(device: torch.device) -> bool:
+    """float16 gradients underflow without loss scaling; bfloat16 has float32's exponent range."""
+    return autocast_dtype(device) == torch.float16
+
+
+def _to_float32(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.is_floating_point() else x
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return dataclasses.replace(x, **{f.name: _to_float32(getattr(x, f.name))
+                                         for f in dataclasses.fields(x) if f.init})
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # NamedTuple
+        return type(x)(*(_to_float32(v) for v in x))
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_float32(v) for v in x)
+    return x
+
+
+class Autocast:
+    """Call ``model`` under ``torch.autocast`` and hand its outputs back in float32.
+
+    Only the network runs in low precision: everything the caller does with the outputs (the
+    softmax, the KL through the transition matrices, the cross-entropy and the MSE of the loss)
+    stays in float32 because it runs outside the autocast region. Weights, gradients and optimiser
+    state stay float32 (autocast casts per operation).
+    """
+
+    def __init__(self, model: Any, device: torch.device) -> None:
+        self.model = model
+        self.device_type = device.type
+        self.dtype = autocast_dtype(device)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = self.model(*args, **kwargs)
+        return _to_float32(out)
