@@ -42,7 +42,8 @@ def test_ablation_has_mstdiffs_stages_and_no_location_branch():
     head = sum(_count(m) for m in path)
     head += full.logits_head.bias.numel()
     assert _count(full) - _count(ablation) == (37 - 1) * d + head
-    assert ablation.logits_head is None and ablation.station_emb.weight.shape == (1, d)
+    assert ablation.logits_head is None and ablation.log_tau is None
+    assert ablation.station_emb.weight.shape == (1, d)
 
 
 def test_ablation_forward_takes_no_locations():

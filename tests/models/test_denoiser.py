@@ -159,3 +159,22 @@ def test_input_errors():
         model(w, l + N, s)
     with pytest.raises(ValueError, match="probabilities"):
         model(w, torch.zeros(2, 48, N + 1), s)
+
+
+def test_cosine_location_head_bounds_logits_by_its_temperature():
+    """``location_head = "cosine"``: logits − bias = τ·cos(h, E_j) ∈ [−τ, τ]; τ is learned."""
+    cfg = DenoiserConfig(num_stations=30, seq_len=16, d_model=16, n_heads=2, layers_per_stage=1,
+                         final_layers=1, use_vqvae=False, location_head="cosine")
+    model = MSTDiffDenoiser(cfg, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.station_emb.weight.mul_(100.0)  # a large table: a dot head would give huge logits
+    g = torch.Generator().manual_seed(1)
+    loc = torch.randint(0, 30, (3, 16), generator=g)
+    out = model(torch.randn(3, 16, generator=g), loc, torch.tensor([1, 2, 3]))
+    tau = float(model.log_tau.exp())
+    centred = out.logits - model.logits_head.bias
+    assert abs(tau - 10.0) < 1e-5 and float(centred.abs().max()) <= tau + 1e-4
+    out.logits.sum().backward()
+    assert model.log_tau.grad is not None and torch.isfinite(model.log_tau.grad)
+    assert MSTDiffDenoiser(DenoiserConfig(num_stations=30, seq_len=16, d_model=16, n_heads=2,
+                                          use_vqvae=False)).log_tau is None  # default: dot head

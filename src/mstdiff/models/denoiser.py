@@ -63,6 +63,7 @@ class DenoiserConfig:
     init_std: float = 0.02  # std of the normal init of Linear / Embedding weights (nanoGPT, GPT-2)
     use_vqvae: bool = True  # fuse the frozen pre-trained VQ-VAE at its scale (False: ablation)
     use_locations: bool = True  # False: "MSTDiff without trajectory" (traffic branch alone; ablation)
+    location_head: str = "dot"  # h·E_j + b_j; "cosine": τ·cos(h, E_j) + b_j with a learned τ (init 10)
 
     def validate(self) -> None:
         """Raise :class:`InputError` for a config no model can be built from."""
@@ -81,6 +82,8 @@ class DenoiserConfig:
             raise InputError("denoiser needs layers_per_stage >= 1, final_layers >= 0 and mlp_ratio >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise InputError(f"denoiser.dropout = {self.dropout} is not in [0, 1)")
+        if self.location_head not in ("cosine", "dot"):
+            raise InputError(f"denoiser.location_head = {self.location_head!r}", fix="use 'cosine' or 'dot'")
 
 
 @dataclass
@@ -309,6 +312,9 @@ class MSTDiffDenoiser(nn.Module):
             self.logits_head = nn.Linear(d, N)  # logits = h Eᵀ + b_station
             self.logits_head.weight = self.station_emb.weight  # weight tying (one (N, d) table)
         init_weights_(self, generator, std=cfg.init_std)
+        # cosine head: log τ, a scalar kept out of weight decay (dim < 2); τ = 10 at init
+        cosine = cfg.location_head == "cosine" and cfg.use_locations
+        self.log_tau = nn.Parameter(torch.tensor(math.log(10.0))) if cosine else None
         if station_embeddings is not None:
             if not cfg.use_locations:
                 raise InputError("station embeddings given to a denoiser without locations",
@@ -436,5 +442,9 @@ class MSTDiffDenoiser(nn.Module):
         for layer in self.full_layers:
             z = layer(z, x_fine)  # (B, T, d): attends to itself and to the finest traffic tokens
         h = self.head_proj(self.ln_f(z))  # (B, T, d)
-        logits = self.logits_head(h)  # (B, T, N) = h Eᵀ + b
+        if self.log_tau is None:
+            logits = self.logits_head(h)  # (B, T, N) = h Eᵀ + b
+        else:  # τ cos(h, E_j) + b_j: a peaked distribution over N stations is reachable from step 0
+            E = F.normalize(self.station_emb.weight, dim=-1)  # (N, d)
+            logits = F.linear(F.normalize(h, dim=-1) * self.log_tau.exp(), E, self.logits_head.bias)
         return DenoiserOutput(eps=eps, logits=logits)
