@@ -577,7 +577,7 @@ class GraphTransition(nn.Module):
         q = like * a
         za = q.sum(-1)
         q.div_(za.clamp_min(tiny)[:, None])  # the true posterior
-        q_log_a = torch.xlogy(q, a).sum(-1)
+        q_log_a = (q * a.clamp_min(tiny).log()).sum(-1)  # = Σ xlogy(q, a): q = 0 wherever a = 0
         del a
         probs = torch.softmax(logits_x0.to(self.alpha.dtype), dim=-1)
         prior = self.propagate(probs, s - 1).reshape(b * t, self._n)  # b, differentiable
