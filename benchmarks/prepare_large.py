@@ -2,12 +2,18 @@
 
     python benchmarks/prepare_large.py              # 10 M records, memory_limit unset and 1GB
     python benchmarks/prepare_large.py --records 1000000 10000000 --memory-limit none 1GB 256MB
+    python benchmarks/prepare_large.py --source csv # the same log as a generic records CSV
 
 For each record count: ``write_synthetic_raw_log`` writes a raw log in the Tsinghua App Usage trace
 format (``user timestamp station app bytes``, one week, ``--users`` users on ``--stations``
 stations; in a child process, timed separately), then, for each DuckDB ``memory_limit`` ("none" =
 DuckDB's default, 80 % of RAM), another child process runs ``prepare("app-usage", raw, out,
 use_poi=False, coords=stations.csv, memory_limit=..., threads=...)`` and writes the prepared dataset.
+With ``--source csv`` the generating child converts the log (streaming, with DuckDB) into
+``records.csv`` (``user_id,timestamp,station_id,traffic``, timestamps ``YYYYMMDDhhmmss``) beside
+``stations.csv``, and the preparing child runs ``prepare("csv", records.csv, out,
+stations=stations.csv, timestamp_format="%Y%m%d%H%M%S", window_minutes=10080, origin="2016-04-20",
+...)`` (the generic reader, :mod:`mstdiff.data.tabular`); results go to ``prepare_large_csv``.
 Peak RSS is the preparing process's own high-water mark (``VmHWM`` of ``/proc/self/status``, read by
 the child at its end; ``ru_maxrss`` is kept in the JSON as a cross-check, but Linux starts it from the
 parent's peak when a child is spawned, so it is only an upper bound), and the parent samples the
@@ -41,6 +47,10 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = REPO / "benchmarks" / "results" / "prepare_large"
+SOURCES = ("app-usage", "csv")
+RAW_NAMES = {"app-usage": "App_usage_trace.txt", "csv": "records.csv"}
+CSV_OPTIONS: dict[str, Any] = {"timestamp_format": "%Y%m%d%H%M%S", "window_minutes": 7 * 1440,
+                               "origin": "2016-04-20 00:00", "traffic_unit": "bytes"}
 MB = 1e6
 
 
@@ -67,34 +77,63 @@ def _peak_self() -> int:
     return hwm if hwm is not None else _maxrss_bytes(resource.getrusage(resource.RUSAGE_SELF))
 
 
-def generate(raw: Path, n: int, users: int, stations: int, seed: int) -> dict[str, Any]:
+def generate(
+    raw: Path, n: int, users: int, stations: int, seed: int, source: str = "app-usage"
+) -> dict[str, Any]:
     from mstdiff.data.synthetic import write_synthetic_raw_log
 
-    info = write_synthetic_raw_log(raw, n, n_users=users, n_stations=stations, seed=seed)
-    return {"generation_s": info["seconds"], "generation_peak_rss_mb": _peak_self() / MB}
+    trace = raw if source == "app-usage" else raw.parent / RAW_NAMES["app-usage"]
+    info = write_synthetic_raw_log(trace, n, n_users=users, n_stations=stations, seed=seed)
+    seconds = float(info["seconds"])
+    if source == "csv":  # the same records as a generic CSV table (DuckDB streams the conversion)
+        import duckdb
+
+        from mstdiff.data.binning import sql_str
+
+        t0 = time.perf_counter()
+        with duckdb.connect() as con:
+            con.execute(f"""
+                COPY (SELECT user_id, timestamp, station_id, traffic
+                      FROM read_csv({sql_str(trace)}, delim=' ', header=false, auto_detect=false,
+                                    columns={{'user_id': 'VARCHAR', 'timestamp': 'VARCHAR',
+                                             'station_id': 'VARCHAR', 'app': 'VARCHAR',
+                                             'traffic': 'VARCHAR'}}))
+                TO {sql_str(raw)} (HEADER, DELIMITER ',')
+            """)
+        trace.unlink()
+        seconds += time.perf_counter() - t0
+    return {"generation_s": seconds, "generation_peak_rss_mb": _peak_self() / MB}
 
 
 # ---------------------------------------------------------------------------------------- child
-def worker(raw: Path, out: Path, memory_limit: str | None, threads: int | None) -> dict[str, Any]:
+def worker(raw: Path, out: Path, memory_limit: str | None, threads: int | None,
+           source: str = "app-usage") -> dict[str, Any]:
     """Prepare ``raw`` in this process; returns what the parent cannot see from outside."""
     import duckdb
     import numpy  # noqa: F401  (in the baseline below, as are pandas and the reader)
 
-    import mstdiff.data.appusage  # noqa: F401
+    import mstdiff.data.appusage
+    import mstdiff.data.tabular
     from mstdiff.data.prepare import prepare
 
     rss_imports = _peak_self()
-    opts: dict[str, Any] = {"use_poi": False, "coords": raw.parent / "stations.csv"}
+    if source == "csv":
+        reader = mstdiff.data.tabular.__file__
+        opts: dict[str, Any] = {"stations": raw.parent / "stations.csv", **CSV_OPTIONS}
+    else:
+        reader = mstdiff.data.appusage.__file__
+        opts = {"use_poi": False, "coords": raw.parent / "stations.csv"}
     if memory_limit is not None:
         opts["memory_limit"] = memory_limit
     if threads is not None:
         opts["threads"] = threads
     t0 = time.perf_counter()
-    ds = prepare("app-usage", raw, out, overwrite=True, **opts)
+    ds = prepare(source, raw, out, overwrite=True, **opts)
     total_s = time.perf_counter() - t0
     c = ds.meta["counts"]
     return {
         "duckdb": duckdb.__version__,
+        "reader_file": reader,
         "prepare_s": total_s,  # reading + binning + writing the dataset folder
         "reader_s": float(ds.meta["prepare_seconds"]),  # reading + binning only
         "rss_after_imports_mb": rss_imports / MB,
@@ -182,6 +221,8 @@ def table_row(r: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", type=int, nargs="+", default=[10_000_000], help="raw log sizes")
+    ap.add_argument("--source", choices=SOURCES, default="app-usage",
+                    help="app-usage: the App Usage trace; csv: the same records as a generic CSV table")
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--stations", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
@@ -190,7 +231,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: its own)")
     ap.add_argument("--out-dir", type=Path, default=None, help="where the raw logs go (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the raw logs and prepared folders")
-    ap.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results.json / results.md folder")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="results.json / results.md folder (default: benchmarks/results/prepare_large, "
+                    "prepare_large_csv for --source csv)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per preparation")
     ap.add_argument("--note", action="append", default=[], help="a line added under the table")
     ap.add_argument("--worker", choices=("generate", "prepare"), default=None, help=argparse.SUPPRESS)
@@ -198,13 +241,16 @@ def main() -> None:
     ap.add_argument("--prepared", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker == "generate":
-        res = generate(args.raw, args.records[0], args.users, args.stations, args.seed)
+        res = generate(args.raw, args.records[0], args.users, args.stations, args.seed, args.source)
         print(json.dumps(res), flush=True)
         return
     if args.worker == "prepare":
         ml = None if args.memory_limit[0].lower() == "none" else args.memory_limit[0]
-        print(json.dumps(worker(args.raw, args.prepared, ml, args.threads)), flush=True)
+        print(json.dumps(worker(args.raw, args.prepared, ml, args.threads, args.source)), flush=True)
         return
+    if args.results is None:
+        args.results = DEFAULT_RESULTS if args.source == "app-usage" else DEFAULT_RESULTS.with_name(
+            "prepare_large_csv")
 
     made_tmp = args.out_dir is None
     base = Path(tempfile.mkdtemp(prefix="mstdiff-prepare-large-")) if made_tmp else args.out_dir
@@ -214,19 +260,20 @@ def main() -> None:
     try:
         for n in args.records:
             folder = base / f"records_{n}"
-            raw = folder / "App_usage_trace.txt"
+            raw = folder / RAW_NAMES[args.source]
             gen = run_child(["--worker", "generate", "--raw", str(raw), "--records", str(n), "--users",
-                             str(args.users), "--stations", str(args.stations), "--seed", str(args.seed)],
-                            args.timeout)
+                             str(args.users), "--stations", str(args.stations), "--seed", str(args.seed),
+                             "--source", args.source], args.timeout)
             if "failed" in gen:
                 raise SystemExit(f"generating {n} records failed: {gen['failed']}")
-            common = {"records": n, "users": args.users, "stations": args.stations, "seed": args.seed,
+            common = {"source": args.source, "records": n, "users": args.users, "stations": args.stations,
+                      "seed": args.seed,
                       "raw_file_mb": raw.stat().st_size / MB, "generation_s": gen["generation_s"],
                       "generation_peak_rss_mb": gen["generation_peak_rss_mb"]}
             for ml in args.memory_limit:
                 limit = None if ml.lower() == "none" else ml
                 cmd = ["--worker", "prepare", "--raw", str(raw), "--prepared", str(folder / f"prepared_{ml}"),
-                       "--memory-limit", ml]
+                       "--memory-limit", ml, "--source", args.source]
                 if args.threads is not None:
                     cmd += ["--threads", str(args.threads)]
                 res = run_child(cmd, args.timeout)
@@ -254,13 +301,14 @@ def main() -> None:
     lines = [
         f"<!-- {payload['date']}, {machine['cpus']} CPU(s), {machine.get('ram_gb', '?')} GB RAM, "
         f"duckdb {next((r['duckdb'] for r in rows if 'duckdb' in r), '?')}:\n     {command.strip()} -->",
-        "# Preparation of large raw logs (App Usage format, synthetic)",
+        "# Preparation of large raw logs (App Usage format, synthetic)" if args.source == "app-usage"
+        else "# Preparation of large records tables (generic CSV with a station table, synthetic)",
         "",
         HEADER,
         *[table_row(r) for r in rows],
         "",
-        "- preparation s: `prepare(\"app-usage\", ...)` in a child process, reading, binning and writing "
-        "the dataset folder; records/s = records / preparation s.",
+        f"- preparation s: `prepare(\"{args.source}\", ...)` in a child process, reading, binning and "
+        "writing the dataset folder; records/s = records / preparation s.",
         "- peak RSS: the preparing child's own high-water mark (`VmHWM`), with the prepared dataset "
         "still in memory; RSS after imports: its peak right after importing numpy, pandas, DuckDB and "
         "mstdiff (the fixed part).",

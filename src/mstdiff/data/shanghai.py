@@ -42,6 +42,7 @@ from mstdiff.data.binning import (
     run_checks,
     slots_per_window,
     spread_sql,
+    sql_str,
     timed,
     try_double,
 )
@@ -164,6 +165,11 @@ CREATE OR REPLACE TEMP MACRO hm_minutes(x) AS (
 """
 
 
+def _coord_key(col: str) -> str:
+    """SQL matching key of a coordinate column: round(degrees * 1e6) as an integer."""
+    return f"CAST(round({col} * {COORD_SCALE}) AS BIGINT)"
+
+
 def _chunk_minutes(bin_minutes: int) -> int:
     """Largest divisor of ``bin_minutes`` that fits a 62-bit minute mask."""
     return max(d for d in range(1, min(bin_minutes, 62) + 1) if bin_minutes % d == 0)
@@ -248,20 +254,21 @@ def prepare_shanghai(
         where, fix="each line must hold 5 tab-separated fields: start end lat lon user"
     ):
         con.execute(_HM_MACRO)
-        con.register("_files", pd.DataFrame(
-            {"filename": [str(p) for p, _ in day_files], "day": [d for _, d in day_files]}))
         con.register("_st_df", pd.DataFrame({
             "idx": np.arange(len(station_table), dtype=np.int64),
             "lat_key": np.round(station_table["lat"].to_numpy() * COORD_SCALE).astype(np.int64),
             "lon_key": np.round(station_table["lon"].to_numpy() * COORD_SCALE).astype(np.int64),
         }))
+        # the day of each file by a CASE on its name: no join with the records
+        day_of_file = " ".join(f"WHEN {sql_str(str(p))} THEN DATE {sql_str(d.isoformat())}"
+                               for p, d in day_files)
         con.execute(f"""
             CREATE TEMP VIEW parsed AS
             SELECT r.filename, r.start_hm, r.end_hm, r.lat, r.lon, r.user,
                    hm_minutes(r.start_hm) AS s, hm_minutes(r.end_hm) AS e,
                    {try_double("r.lat")} AS lat_d, {try_double("r.lon")} AS lon_d,
-                   CAST(f.day AS DATE) AS day
-            FROM {table.relation()} AS r JOIN _files AS f USING (filename)
+                   CASE r.filename {day_of_file} END AS day
+            FROM {table.relation()} AS r
         """)
         fix_time = "times are H.MM clock times of the file's day, e.g. 17.36 for 17:36"
         checks = [
@@ -274,52 +281,71 @@ def prepare_shanghai(
             Check("user IS NULL OR trim(user) = ''", ("user",), "empty user id",
                   "column 5 must be the user id"),
         ]
-        unknown_check = Check(
-            "drop_reason = 'unknown_station'", ("lat", "lon"),
-            f"coordinates match no station of {station_path.name}",
-            "pass the matching station table (stations=...), or drop such records with "
-            "unknown_stations='drop' (--unknown-stations drop)",
-        )
         in_box = (
             "true" if bbox is None
-            else f"p.lat_d BETWEEN {bbox[0]} AND {bbox[1]} AND p.lon_d BETWEEN {bbox[2]} AND {bbox[3]}"
+            else f"lat_d BETWEEN {bbox[0]} AND {bbox[1]} AND lon_d BETWEEN {bbox[2]} AND {bbox[3]}"
         )
-        con.execute(f"""
-            CREATE TEMP VIEW classified AS
-            SELECT p.*, st.idx AS station,
-                   CASE WHEN {" OR ".join(f"({c.condition})" for c in checks)} THEN 'bad_value'
-                        WHEN p.lat_d = 0 AND p.lon_d = 0 THEN 'zero_coordinates'
-                        WHEN NOT ({in_box}) THEN 'outside_bbox'
-                        WHEN st.idx IS NULL THEN 'unknown_station' END AS drop_reason
-            FROM parsed AS p LEFT JOIN _st_df AS st
-              ON CAST(round(p.lat_d * {COORD_SCALE}) AS BIGINT) = st.lat_key
-             AND CAST(round(p.lon_d * {COORD_SCALE}) AS BIGINT) = st.lon_key
-        """)
-        # One scan of the raw files into a table of parsed records; the raw text is scanned again
-        # only on the error path, to name the first bad line.
+        kept_coords = f"NOT (lat_d = 0 AND lon_d = 0) AND ({in_box})"
+        # One scan of the raw files into a table of parsed records (the station is not joined here);
+        # the raw text is scanned again only on the error path, to name the first bad line.
         with timed("shanghai: parse, classify and store records"):
-            con.execute("""
+            con.execute(f"""
                 CREATE TEMP TABLE rec AS
-                SELECT c.user, c.day, c.station, c.s,
-                       CASE WHEN c.e < c.s THEN 1440 ELSE c.e END AS e,
-                       c.e < c.s AS crossed, c.e = c.s AS zero_length, c.drop_reason
-                FROM classified AS c
+                SELECT p.user, p.day, p.s, CASE WHEN p.e < p.s THEN 1440 ELSE p.e END AS e,
+                       p.e < p.s AS crossed, p.e = p.s AS zero_length, p.drop_reason,
+                       CASE WHEN p.drop_reason IS NULL THEN {_coord_key('p.lat_d')} END AS lat_key,
+                       CASE WHEN p.drop_reason IS NULL THEN {_coord_key('p.lon_d')} END AS lon_key
+                FROM (SELECT *, CASE WHEN {" OR ".join(f"({c.condition})" for c in checks)} THEN 'bad_value'
+                                     WHEN lat_d = 0 AND lon_d = 0 THEN 'zero_coordinates'
+                                     WHEN NOT ({in_box}) THEN 'outside_bbox' END AS drop_reason
+                      FROM parsed) AS p
             """)
-        reasons = dict(con.execute(
-            "SELECT coalesce(drop_reason, 'kept'), count(*) FROM rec GROUP BY ALL").fetchall())
+        reasons = {str(k): int(v) for k, v in con.execute(
+            "SELECT coalesce(drop_reason, 'kept'), count(*) FROM rec GROUP BY ALL").fetchall()}
         if reasons.get("bad_value"):
             run_checks(con, "parsed", checks, table.locate)
-        if reasons.get("unknown_station") and unknown_stations == "error":
-            run_checks(con, "classified", [unknown_check], table.locate)
+        # The station table is joined onto the distinct coordinates of the kept records, not onto
+        # the records (a join there let DuckDB build its hash table on the records).
+        con.execute("""
+            CREATE TEMP TABLE _coords AS
+            SELECT c.lat_key, c.lon_key, c.n, st.idx AS station
+            FROM (SELECT lat_key, lon_key, count(*) AS n FROM rec WHERE drop_reason IS NULL GROUP BY ALL)
+                 AS c LEFT JOIN _st_df AS st USING (lat_key, lon_key)
+        """)
+        unknown = con.execute(
+            "SELECT lat_key, lon_key, n FROM _coords WHERE station IS NULL ORDER BY ALL").fetchall()
+        if unknown:
+            # a few coordinate pairs: records are matched to them by a list lookup, not by a join
+            listed = "[" + ", ".join(f"[{int(a)}, {int(b)}]" for a, b, _ in unknown) + "]"
+            n_unknown = sum(int(n) for _, _, n in unknown)
+            reasons["unknown_station"] = n_unknown
+            reasons["kept"] -= n_unknown
+            if unknown_stations == "error":
+                key = f"[{_coord_key('lat_d')}, {_coord_key('lon_d')}]"
+                run_checks(con, "parsed", [Check(
+                    f"CASE WHEN {kept_coords} THEN list_contains({listed}, {key}) END",
+                    ("lat", "lon"), f"coordinates match no station of {station_path.name}",
+                    "pass the matching station table (stations=...), or drop such records with "
+                    "unknown_stations='drop' (--unknown-stations drop)",
+                )], table.locate)
+            con.execute("DELETE FROM rec WHERE drop_reason IS NOT NULL "
+                        f"OR list_contains({listed}, [lat_key, lon_key])")
+        else:
+            con.execute("DELETE FROM rec WHERE drop_reason IS NOT NULL")
         crossed, zero_len = fetch_row(
-            con, "SELECT count(*) FILTER (WHERE crossed), count(*) FILTER (WHERE zero_length) "
-            "FROM rec WHERE drop_reason IS NULL")
-        con.execute("DELETE FROM rec WHERE drop_reason IS NOT NULL")
-        keys = ("user", "day")
-        con.execute(f"""
+            con, "SELECT count(*) FILTER (WHERE crossed), count(*) FILTER (WHERE zero_length) FROM rec")
+        # session minutes per (user, day, slot, coordinates), then the station of each coordinate pair
+        keys = ("user", "day", "lat_key", "lon_key")
+        with timed("shanghai: spread sessions over slots"):
+            con.execute(f"""
+                CREATE TEMP TABLE _coord_cells AS
+                SELECT user, day, slot, lat_key, lon_key, sum(amount) AS amount
+                FROM ({spread_sql("rec", bin_minutes=bin_minutes, keys=keys)}) GROUP BY ALL
+            """)
+        con.execute("""
             CREATE TEMP VIEW cells AS
-            SELECT user, CAST(day AS TIMESTAMP) AS window_start, slot, station, amount
-            FROM ({spread_sql("rec", bin_minutes=bin_minutes, keys=keys, station="station")})
+            SELECT user, CAST(day AS TIMESTAMP) AS window_start, slot, c.station, amount
+            FROM _coord_cells JOIN _coords AS c USING (lat_key, lon_key)
         """)
         con.execute(union_minutes_sql("rec", bin_minutes=bin_minutes, name="union_minutes"))
         with timed("shanghai: binning"):

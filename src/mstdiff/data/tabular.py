@@ -318,11 +318,11 @@ def prepare_tabular(
                   f"negative traffic in column {cols['traffic']!r}", "traffic must be a number >= 0"),
         ], locate)
 
-        n_read = int(fetch_row(con, "SELECT count(*) FROM parsed")[0])
+        n_read, first = fetch_row(con, "SELECT count(*), min(_ts) FROM parsed")
+        n_read = int(n_read)
         if n_read == 0:
             raise InputError("the records table has no rows", where=where, fix="pass a non-empty table")
         if origin is None:
-            first = fetch_row(con, "SELECT min(_ts) FROM parsed")[0]
             origin_ts = pd.Timestamp(first).normalize()
         else:
             try:
@@ -332,8 +332,24 @@ def prepare_tabular(
                                  fix="e.g. 2016-04-20 00:00") from err
         origin_txt = origin_ts.strftime("%Y-%m-%d %H:%M:%S")
 
+        # One pass reduces the records to one row per (user, window, slot, station) from the origin
+        # on (the records before it collapse into one row per station), with the number of records
+        # in each row. The station table is joined onto these rows, never onto the records: a join
+        # there let DuckDB build its hash table on the records (memory growing with the log).
+        before = f"(_ts < TIMESTAMP {sql_str(origin_txt)})"
+        window_start, slot = window_slot_sql("_ts", origin=origin_txt, window_minutes=window_minutes,
+                                             bin_minutes=bin_minutes)
+        con.execute(f"""
+            CREATE TEMP TABLE _groups AS
+            SELECT {before} AS _before,
+                   CASE WHEN NOT {before} THEN _user END AS user,
+                   CASE WHEN NOT {before} THEN {window_start} END AS window_start,
+                   CASE WHEN NOT {before} THEN {slot} END AS slot,
+                   _station, sum(_amount) AS amount, count(*) AS n
+            FROM parsed GROUP BY ALL
+        """)
         if station_table is None:
-            ids = [str(r[0]) for r in con.execute("SELECT DISTINCT _station FROM parsed").fetchall()]
+            ids = [str(r[0]) for r in con.execute("SELECT DISTINCT _station FROM _groups").fetchall()]
             keys = numeric_order_key(ids)
             ids = [ids[i] for i in sorted(range(len(ids)), key=keys.__getitem__)]
             st_full = stations_without_coordinates(ids)
@@ -341,29 +357,32 @@ def prepare_tabular(
             st_full = station_table
         con.register("_st_df", pd.DataFrame(
             {"_station": st_full["station_id"].to_numpy(), "idx": np.arange(len(st_full), dtype=np.int64)}))
-        con.execute(f"""
-            CREATE TEMP VIEW classified AS
-            SELECT p.*, s.idx AS station,
-                   CASE WHEN p._ts < TIMESTAMP {sql_str(origin_txt)} THEN 'before_origin'
+        con.execute("""
+            CREATE TEMP TABLE _classified AS
+            SELECT g.*, s.idx AS station,
+                   CASE WHEN g._before THEN 'before_origin'
                         WHEN s.idx IS NULL THEN 'unknown_station' END AS drop_reason
-            FROM parsed AS p LEFT JOIN _st_df AS s USING (_station)
+            FROM _groups AS g LEFT JOIN _st_df AS s USING (_station)
         """)
-        if unknown_stations == "error" and station_table is not None:
-            run_checks(con, "classified", [Check(
-                "drop_reason = 'unknown_station'", (cols["station"], *row_cols),
+        con.execute("DROP TABLE _groups")
+        reasons = {str(k): int(v) for k, v in con.execute(
+            "SELECT coalesce(drop_reason, 'kept'), sum(n) FROM _classified GROUP BY ALL").fetchall()}
+        if unknown_stations == "error" and station_table is not None and reasons.get("unknown_station"):
+            # error path only: find the first such record by its (few) unknown ids, without a join
+            unknown = [str(r[0]) for r in con.execute(
+                "SELECT DISTINCT _station FROM _classified WHERE drop_reason = 'unknown_station'"
+            ).fetchall()]
+            listed = "[" + ", ".join(sql_str(x) for x in sorted(unknown)) + "]"
+            run_checks(con, "parsed", [Check(
+                f"NOT {before} AND list_contains({listed}, _station)", (cols["station"], *row_cols),
                 f"station id not in the station table {Path(str(stations)).name}",
                 "add the station to the station table, or drop such records with "
                 "unknown_stations='drop' (--unknown-stations drop)",
             )], locate)
-        reasons = dict(con.execute(
-            "SELECT coalesce(drop_reason, 'kept'), count(*) FROM classified GROUP BY ALL").fetchall())
-        window_start, slot = window_slot_sql("_ts", origin=origin_txt, window_minutes=window_minutes,
-                                             bin_minutes=bin_minutes)
-        con.execute(f"""
+        con.execute("""
             CREATE TEMP VIEW cells AS
-            SELECT _user AS user, {window_start} AS window_start, {slot} AS slot, station,
-                   _amount AS amount
-            FROM classified WHERE drop_reason IS NULL
+            SELECT user, window_start, slot, station, amount
+            FROM _classified WHERE drop_reason IS NULL
         """)
         binned = bin_slots(con, "cells", T=T, min_active_slots=min_active_slots)
 
