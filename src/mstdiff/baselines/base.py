@@ -239,7 +239,8 @@ def _class_for(name: str) -> type[Baseline]:
 
 def make_baseline(name: str, config: dict[str, Any] | None = None) -> Baseline:
     """Build a baseline by name: ``"markov"``, ``"timegeo"``, ``"difftraj"``, ``"csdi"``, ``"dit"``,
-    or a pair ``"a+b"`` (a traffic-only and a trajectory-only baseline, generated independently).
+    ``"mstdiff-traffic"`` (MSTDiff without trajectory), or a pair ``"a+b"`` (a traffic-only and a
+    trajectory-only baseline, generated independently).
 
     ``config`` is the baseline's config as a dict (keys of its config dataclass); for a pair it is
     keyed by the component names, e.g. ``{"csdi": {...}, "timegeo": {...}}``.
