@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from mstdiff.data import PreparedDataset, split_dataset, user_level_split
+from mstdiff.data.dataset import normalisation_stats
 from mstdiff.data.torchdata import SeriesDataset
 from mstdiff.errors import InputError
 
@@ -102,3 +103,17 @@ def test_load_errors(tmp_path):
     (tmp_path / "x").mkdir()
     with pytest.raises(InputError, match="missing"):
         PreparedDataset.load(tmp_path / "x")
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 10_000])
+def test_normalisation_stats_in_chunks_equal_numpy(chunk_rows):
+    rng = np.random.default_rng(3)
+    x = (rng.gamma(0.5, 40.0, size=(53, 12)) * (rng.random((53, 12)) < 0.4)).astype(np.float32)
+    got = normalisation_stats(x, chunk_rows=chunk_rows)
+    x64 = x.astype(np.float64)
+    lx = np.log1p(x64)
+    want = {"mean": x64.mean(), "std": x64.std(), "max": x64.max(), "log1p_mean": lx.mean(),
+            "log1p_std": lx.std(), "active_share": (x64 > 0).mean()}
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-10, abs=1e-12), k
+    assert normalisation_stats(np.zeros((0, 4)))["std"] == 0.0

@@ -42,20 +42,37 @@ def check_T(T: int, *, where: str = "T") -> None:
         )
 
 
-def normalisation_stats(traffic: np.ndarray) -> dict[str, float]:
+def normalisation_stats(traffic: np.ndarray, *, chunk_rows: int = 16384) -> dict[str, float]:
     """Summary statistics of the traffic values stored in ``meta.json``.
 
     Models scale traffic with ``log1p`` and then standardise by ``log1p_mean`` / ``log1p_std``.
+    Computed over ``chunk_rows`` rows at a time (means and variances merged exactly, Chan et al.),
+    so a memory-mapped array of any size costs one chunk of float64 memory.
     """
-    x = np.asarray(traffic, dtype=np.float64)
-    lx = np.log1p(np.clip(x, 0.0, None))
+    arr = np.asarray(traffic)
+    if arr.size == 0:
+        return {k: 0.0 for k in ("mean", "std", "max", "log1p_mean", "log1p_std", "active_share")}
+    rows = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(-1, 1)
+    n, mom, mx, active = 0, np.zeros((2, 2)), -np.inf, 0  # mom[k] = (mean, M2) of x and log1p(x)
+    for a in range(0, rows.shape[0], max(1, chunk_rows)):
+        x = np.asarray(rows[a:a + chunk_rows], dtype=np.float64).ravel()
+        if x.size == 0:
+            continue
+        for k, v in enumerate((x, np.log1p(np.clip(x, 0.0, None)))):
+            m_b, m2_b = float(v.mean()), float(((v - v.mean()) ** 2).sum())
+            delta, tot = m_b - mom[k, 0], n + x.size
+            mom[k, 1] += m2_b + delta**2 * n * x.size / tot
+            mom[k, 0] += delta * x.size / tot
+        mx = max(mx, float(x.max()))
+        active += int((x > 0).sum())
+        n += x.size
     return {
-        "mean": float(x.mean()) if x.size else 0.0,
-        "std": float(x.std()) if x.size else 0.0,
-        "max": float(x.max()) if x.size else 0.0,
-        "log1p_mean": float(lx.mean()) if x.size else 0.0,
-        "log1p_std": float(lx.std()) if x.size else 0.0,
-        "active_share": float((x > 0).mean()) if x.size else 0.0,
+        "mean": float(mom[0, 0]),
+        "std": float(np.sqrt(mom[0, 1] / n)),
+        "max": mx,
+        "log1p_mean": float(mom[1, 0]),
+        "log1p_std": float(np.sqrt(mom[1, 1] / n)),
+        "active_share": active / n,
     }
 
 
