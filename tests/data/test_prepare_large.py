@@ -9,17 +9,14 @@ measurement.
 
 from __future__ import annotations
 
-import contextlib
-import json
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import mstdiff.data.appusage as appusage
+from duckdb_recorder import recording
 from mstdiff.data.prepare import prepare
 from mstdiff.data.synthetic import write_synthetic_raw_log
 from mstdiff.errors import InputError
@@ -27,65 +24,6 @@ from mstdiff.errors import InputError
 N_RECORDS = 50_000
 N_USERS = 60
 N_STATIONS = 80
-
-
-class _Recorder:
-    """A DuckDB connection proxy that records what crosses into Python and each query's plan."""
-
-    def __init__(self, con: Any) -> None:
-        self._con = con
-        self.fetched_rows: list[int] = []
-        self.registered_rows: list[int] = []
-        self.join_build_rows: list[int] = []
-        self._pending = False
-        con.execute("SET enable_profiling = 'no_output'")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._con, name)
-
-    def _collect(self) -> None:
-        if not self._pending:
-            return
-        self._pending = False
-        prof = json.loads(self._con.get_profiling_information(format="json"))
-        stack = list(prof.get("operator", prof.get("children", [])))
-        while stack:
-            op = stack.pop()
-            kids = op.get("children", [])
-            if "HASH_JOIN" in str(op.get("type", op.get("operator_type", ""))) and len(kids) == 2:
-                build = kids[1]  # DuckDB builds the hash table on the right child
-                self.join_build_rows.append(
-                    int(build.get("intermediate_rows", build.get("operator_cardinality", 0))))
-            stack.extend(kids)
-
-    def execute(self, *args: Any) -> _Recorder:
-        self._collect()
-        self._con.execute(*args)
-        self._pending = True
-        return self
-
-    def _fetched(self, n: int) -> None:
-        self.fetched_rows.append(n)
-        self._collect()
-
-    def fetchall(self) -> list[tuple[Any, ...]]:
-        rows = self._con.fetchall()
-        self._fetched(len(rows))
-        return rows
-
-    def fetchdf(self) -> pd.DataFrame:
-        df = self._con.fetchdf()
-        self._fetched(len(df))
-        return df
-
-    def fetchnumpy(self) -> dict[str, np.ndarray]:
-        cols = self._con.fetchnumpy()
-        self._fetched(max((len(v) for v in cols.values()), default=0))
-        return cols
-
-    def register(self, name: str, obj: Any) -> Any:
-        self.registered_rows.append(len(obj))
-        return self._con.register(name, obj)
 
 
 @pytest.fixture(scope="module")
@@ -112,25 +50,8 @@ def _expected(path: Path, min_active: int) -> tuple[pd.DataFrame, list[str]]:
     return slots.reset_index(), kept_users
 
 
-@contextlib.contextmanager
-def _recording(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[_Recorder]]:
-    made: list[_Recorder] = []
-    real = appusage.duckdb_session
-
-    @contextlib.contextmanager
-    def session(**kw: Any) -> Iterator[_Recorder]:
-        with real(**kw) as con:
-            rec = _Recorder(con)
-            made.append(rec)
-            yield rec  # type: ignore[misc]
-            rec._collect()
-
-    monkeypatch.setattr(appusage, "duckdb_session", session)
-    yield made
-
-
 def test_prepare_synthetic_log_matches_pandas_and_stays_in_duckdb(raw_log, tmp_path, monkeypatch):
-    with _recording(monkeypatch) as recs:
+    with recording(monkeypatch, appusage) as recs:
         ds = prepare("app-usage", raw_log, tmp_path / "out", use_poi=False, threads=2,
                      memory_limit="512MB")
     assert (tmp_path / "out").is_dir()

@@ -10,17 +10,14 @@ records) and that no per-record-sized result reaches Python.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from test_prepare_large import _Recorder
 
 import mstdiff.data.shanghai as shanghai
+from duckdb_recorder import recording
 from mstdiff.errors import InputError
 
 N_RECORDS = 50_000
@@ -119,26 +116,9 @@ def _expected(df: pd.DataFrame, st: pd.DataFrame, min_active: int) -> tuple[pd.D
     return slots, ids, counts
 
 
-@contextlib.contextmanager
-def _recording(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[_Recorder]]:
-    made: list[_Recorder] = []
-    real = shanghai.duckdb_session
-
-    @contextlib.contextmanager
-    def session(**kw: Any) -> Iterator[_Recorder]:
-        with real(**kw) as con:
-            rec = _Recorder(con)
-            made.append(rec)
-            yield rec  # type: ignore[misc]
-            rec._collect()
-
-    monkeypatch.setattr(shanghai, "duckdb_session", session)
-    yield made
-
-
 def test_prepare_shanghai_matches_numpy_and_no_join_builds_on_records(generated, monkeypatch):
     folder, df, st = generated
-    with _recording(monkeypatch) as recs:
+    with recording(monkeypatch, shanghai) as recs:
         ds = shanghai.prepare_shanghai(folder, unknown_stations="drop", threads=2, memory_limit="512MB")
     slots, ids, counts = _expected(df, st, min_active=5)
     c = ds.meta["counts"]

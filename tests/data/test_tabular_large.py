@@ -10,17 +10,15 @@ reaches Python.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from test_prepare_large import _Recorder
 
 import mstdiff.data.tabular as tabular
+from duckdb_recorder import recording
 from mstdiff.data.prepare import prepare
 from mstdiff.errors import InputError
 
@@ -91,23 +89,6 @@ def _expected(df: pd.DataFrame, station_ids: list[str], min_active: int) -> tupl
     return slots, counts
 
 
-@contextlib.contextmanager
-def _recording(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[_Recorder]]:
-    made: list[_Recorder] = []
-    real = tabular.duckdb_session
-
-    @contextlib.contextmanager
-    def session(**kw: Any) -> Iterator[_Recorder]:
-        with real(**kw) as con:
-            rec = _Recorder(con)
-            made.append(rec)
-            yield rec  # type: ignore[misc]
-            rec._collect()
-
-    monkeypatch.setattr(tabular, "duckdb_session", session)
-    yield made
-
-
 def _check_against_oracle(ds: Any, df: pd.DataFrame, station_ids: list[str]) -> dict:
     slots, counts = _expected(df, station_ids, min_active=5)
     c = ds.meta["counts"]
@@ -132,7 +113,7 @@ def _check_against_oracle(ds: Any, df: pd.DataFrame, station_ids: list[str]) -> 
 
 def test_prepare_csv_matches_pandas_and_no_join_builds_on_records(generated, tmp_path, monkeypatch):
     rec_path, st_path, df, table_ids = generated
-    with _recording(monkeypatch) as recs:
+    with recording(monkeypatch, tabular) as recs:
         ds = prepare("csv", rec_path, tmp_path / "out", stations=st_path, origin=ORIGIN,
                      unknown_stations="drop", threads=2, memory_limit="512MB")
     assert (tmp_path / "out" / "meta.json").is_file()
@@ -155,7 +136,7 @@ def test_prepare_csv_without_station_table(generated, monkeypatch):
     numeric ids first, then text ids sorted)."""
     rec_path, _, df, _ = generated
     ids = sorted(set(df["station_id"]))
-    with _recording(monkeypatch) as recs:
+    with recording(monkeypatch, tabular) as recs:
         ds = prepare("csv", rec_path, None, origin=ORIGIN, threads=2)
     c = _check_against_oracle(ds, df, ids)
     assert c["records_dropped"]["unknown_station"] == 0
