@@ -22,6 +22,7 @@ so the ablation is MSTDiff's network and budget unless a setting is overridden.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -33,7 +34,6 @@ from torch import Tensor, nn
 from mstdiff.baselines._learned import DiffusionConfig, TrafficDiffusionBaseline, TrainConfig
 from mstdiff.baselines.base import register_baseline
 from mstdiff.data.dataset import PreparedDataset
-from mstdiff.errors import InputError
 from mstdiff.models.denoiser import DenoiserConfig, MSTDiffDenoiser
 from mstdiff.models.vqvae import VQVAE, VQVAEConfig, pretrain_vqvae
 from mstdiff.models.wavelet import dwt, idwt, scale_coeffs
@@ -106,13 +106,10 @@ class MSTDiffTraffic(TrafficDiffusionBaseline):
 
     def _build_network(self, T: int) -> nn.Module:
         cfg: MSTDiffTrafficConfig = self.config
-        dcfg = DenoiserConfig(**{**vars(cfg.denoiser), "seq_len": T, "num_stations": 0,
-                                 "use_locations": False})
+        dcfg = dataclasses.replace(cfg.denoiser, seq_len=T, num_stations=0, use_locations=False)
         vq = None
-        if dcfg.use_vqvae:
-            vq = self._vqvae if self._vqvae is not None else VQVAE(cfg.vqvae)  # weights come with a load
-        if dcfg.use_vqvae and vq is None:
-            raise InputError("the VQ-VAE was not pre-trained", where=f"{self.name}.fit")
+        if dcfg.use_vqvae:  # the pre-trained one after fit; before a load, its weights come with the state
+            vq = self._vqvae if self._vqvae is not None else VQVAE(cfg.vqvae)
         gen = torch.Generator().manual_seed(cfg.train.seed)
         return WaveletEpsNet(MSTDiffDenoiser(dcfg, vq, generator=gen))
 
