@@ -264,9 +264,12 @@ class PreparedDataset:
                 f"not a prepared dataset: missing {', '.join(missing)}", where=str(path),
                 fix="create it with `mstdiff prepare --source ... --out DIR`",
             )
-        mode = "r" if mmap else None
-        traffic = np.load(path / "traffic.npy", mmap_mode=mode)
-        locations = np.load(path / "locations.npy", mmap_mode=mode)
+        if mmap:
+            traffic = np.load(path / "traffic.npy", mmap_mode="r")
+            locations = np.load(path / "locations.npy", mmap_mode="r")
+        else:
+            traffic = np.load(path / "traffic.npy")
+            locations = np.load(path / "locations.npy")
         stations = pd.read_parquet(path / "stations.parquet")
         samples = pd.read_parquet(path / "samples.parquet")
         meta = read_json(path / "meta.json")

@@ -172,6 +172,57 @@ class _RowLinear(torch.autograd.Function):
         return ctx.fn(grad), None
 
 
+class RowCache:
+    """Rows of ``Q`` already computed in one sampling run (see :meth:`GraphTransition.sample_reverse`)."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, torch.Tensor] = {}  # which -> sorted keys s·N + state
+        self.rows: dict[str, torch.Tensor] = {}  # which -> (K, N) rows in key order
+
+
+class _LocationLosses(torch.autograd.Function):
+    """Fused ``(KL, CE)`` per token from the logits (CPU; see :meth:`GraphTransition.location_losses`)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, logits: torch.Tensor, trans: GraphTransition, sf: torch.Tensor, target: torch.Tensor,
+        c: torch.Tensor, ic: torch.Tensor, a: torch.Tensor, ia: torch.Tensor, log_a: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from mstdiff.diffusion import kernels
+
+        z = logits.detach().to(trans.alpha.dtype)
+        p = torch.softmax(z, dim=-1)  # (M, N)
+        prior = trans._apply_flat(p, sf - 1, "bar")  # softmax(z) Q̄_{s−1}, a new tensor
+        kl = kernels.kl_rows(prior.numpy(), c.numpy(), ic.numpy(), a.numpy(), ia.numpy(), log_a.numpy(),
+                             out_grad=prior.numpy())  # prior now holds ∂KL/∂prior
+        # CE = −log p[target]; from the logits where p[target] underflows
+        pt = p.gather(1, target[:, None]).squeeze(1).double()
+        ce = -pt.clamp_min(1e-300).log()
+        low = pt < 1e-30
+        if bool(low.any()):
+            zl = z[low].double()
+            ce[low] = torch.logsumexp(zl, -1) - zl.gather(1, target[low][:, None]).squeeze(1)
+        ctx.trans = trans
+        ctx.save_for_backward(p, prior, sf, target)
+        out_dtype = logits.dtype if logits.dtype.is_floating_point else torch.float32
+        return torch.from_numpy(kl).to(out_dtype), ce.to(out_dtype)
+
+    @staticmethod
+    def backward(
+        ctx: Any, g_kl: torch.Tensor | None, g_ce: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
+        from mstdiff.diffusion import kernels
+
+        p, grad_prior, sf, target = ctx.saved_tensors
+        m = p.shape[0]
+        scale = (torch.zeros(m) if g_kl is None else g_kl).to(p.dtype).contiguous()
+        g_ce_ = (torch.zeros(m) if g_ce is None else g_ce).to(p.dtype).contiguous()
+        g_p = ctx.trans._apply_flat(grad_prior, sf - 1, "bar")  # the map is self-adjoint
+        out = kernels.softmax_ce_backward(p.numpy(), g_p.numpy(), scale.numpy(), target.numpy(),
+                                          g_ce_.numpy(), out=g_p.numpy())
+        return (torch.from_numpy(out), None, None, None, None, None, None, None, None)
+
+
 def _chunks(cost: torch.Tensor, max_chunks: int = 4, min_rows: int = 256) -> list[torch.Tensor | None]:
     """Row indices sorted by decreasing cost, split into at most ``max_chunks`` pieces.
 
@@ -207,6 +258,8 @@ class GraphTransition(nn.Module):
     exp_step: torch.Tensor  # eig: (S+1, N) e^{α_s λ}
     rank_bar: torch.Tensor  # eig: (S+1,) eigenpairs kept (e^{ᾱ_s λ} > tol)
     rank_step: torch.Tensor
+    cheb_perm: torch.Tensor  # cheb: reverse Cuthill–McKee order of the states (Y is stored permuted)
+    cheb_inv: torch.Tensor  # its inverse
     y_crow: torch.Tensor  # cheb: CSR of Y = I + 2R/ρ
     y_col: torch.Tensor
     y_val: torch.Tensor
@@ -247,6 +300,7 @@ class GraphTransition(nn.Module):
             raise InputError(f"unknown method {method!r}", where="GraphTransition",
                              fix="'auto', 'eig' or 'cheb'")
         self.method = method
+        self.fused = True  # CPU: fused Numba kernels for the loss and the reverse draw (kernels.py)
         self.eps = float(eps)
         self.tol = float(tol)
         self.schedule = schedule
@@ -310,7 +364,10 @@ class GraphTransition(nn.Module):
         self.register_buffer("y_col", torch.tensor(y.indices, dtype=torch.long))
         self.register_buffer("y_val", torch.tensor(y.data, dtype=dtype))
         for name, times in (("bar", alpha_bar), ("step", alpha)):
-            coefs = [chebyshev_coefficients(float(t), rho, tol) for t in times]
+            # the graph part of Q enters weighted by keep = e^{−εt}: a tail below tol / keep keeps
+            # every entry of Q within tol
+            coefs = [chebyshev_coefficients(float(t), rho, tol * math.exp(self.eps * float(t)))
+                     for t in times]
             m = max(c.size for c in coefs)
             table = np.zeros((times.size, m))
             for i, c in enumerate(coefs):
@@ -555,6 +612,134 @@ class GraphTransition(nn.Module):
         """``p_θ(l_{s−1} | l_s) ∝ Q_s[:, l_s] ⊙ (softmax(logits) Q̄_{s−1})``; differentiable."""
         probs = torch.softmax(logits_x0.to(self.alpha.dtype), dim=-1)
         return self.posterior(probs, l_s, s)
+
+    def _row_table(
+        self, states: torch.Tensor, s: torch.Tensor, which: str, cache: RowCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distinct rows ``Q(s_i)[states_i, :]`` (clamped at 0) and each token's index into them.
+
+        ``cache`` (sampling): rows of ``Q̄`` computed by earlier calls are reused, and rows of steps
+        above the largest ``s`` asked for are dropped (the reverse process only goes down).
+        """
+        key = s.long() * self._n + states.long()
+        uniq, inverse = torch.unique(key, return_inverse=True)
+        if cache is None:
+            return self._rows_flat_unique(uniq % self._n, uniq // self._n, which).clamp_min_(0.0), inverse
+        if which not in cache.rows:
+            cache.keys[which] = uniq[:0]
+            cache.rows[which] = torch.empty(0, self._n, dtype=self.alpha.dtype, device=self.alpha.device)
+        keys, rows = cache.keys[which], cache.rows[which]
+        keep = keys // self._n <= int(uniq.max()) // self._n
+        keys, rows = keys[keep], rows[keep]
+        pos = torch.searchsorted(keys, uniq).clamp_(max=max(keys.numel() - 1, 0))
+        hit = keys[pos] == uniq if keys.numel() else torch.zeros_like(uniq, dtype=torch.bool)
+        miss = uniq[~hit]
+        if miss.numel():
+            new = self._rows_flat_unique(miss % self._n, miss // self._n, which).clamp_min_(0.0)
+            keys, order = torch.sort(torch.cat([keys, miss]))
+            rows = torch.cat([rows, new])[order]
+        cache.keys[which], cache.rows[which] = keys, rows
+        return rows, torch.searchsorted(keys, uniq)[inverse]
+
+    def row_cache(self) -> RowCache:
+        """An empty cache of rows for one sampling run of :meth:`sample_reverse`."""
+        return RowCache()
+
+    def _use_kernels(self, *tensors: torch.Tensor) -> bool:
+        """The fused Numba kernels serve CPU tensors (PyTorch operations everywhere else)."""
+        return self.fused and all(t.device.type == "cpu" for t in tensors)
+
+    def _draw(
+        self, a: torch.Tensor, ia: torch.Tensor | None, b: torch.Tensor, ib: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """One draw per token ``i`` from ``Cat(a[ia_i] ⊙ b[ib_i])`` (``ia = None``: row ``i`` of ``a``).
+
+        Inverse CDF with one float64 uniform per token drawn from ``generator`` (on its device), so
+        the Numba kernel and the PyTorch path draw the same states from the same seed.
+        """
+        m = ib.numel()
+        gen_device = generator.device if generator is not None else b.device
+        u = torch.rand(m, generator=generator, device=gen_device, dtype=torch.float64)
+        if self._use_kernels(a, b):
+            from mstdiff.diffusion import kernels
+
+            ia_ = torch.arange(m) if ia is None else ia
+            idx = kernels.draw_product(a.detach().contiguous().numpy(), ia_.contiguous().numpy(),
+                                       b.detach().contiguous().numpy(), ib.contiguous().numpy(),
+                                       u.cpu().numpy())
+            return torch.from_numpy(idx)
+        w = (a if ia is None else a[ia]).double() * b[ib].double()
+        cdf = w.cumsum(-1)
+        target = (u.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
+        return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=self._n - 1)
+
+    @torch.no_grad()
+    def sample_reverse(
+        self, logits_x0: torch.Tensor, l_s: torch.Tensor, s: torch.Tensor,
+        generator: torch.Generator | None = None, cache: RowCache | None = None,
+    ) -> torch.Tensor:
+        """``l_{s−1} ~ p_θ(· | l_s)`` exactly, without the dense rows ``softmax(z) Q̄_{s−1}``.
+
+        ``p_θ(l_{s−1} = j | l_s) ∝ Σ_x π(x) Q̄_{s−1}[x, j] Q_s[j, l_s]`` with ``π = softmax(z)`` is the
+        marginal of a joint law of ``(x, j)`` whose ``x``-marginal is ``∝ π(x) Q̄_s[x, l_s]``
+        (Chapman–Kolmogorov). So draw in two stages:
+
+        1. ``x ~ π ⊙ Q̄_s[l_s, :]`` (the model's ``l0`` reweighted by how well it explains ``l_s``);
+        2. ``j ~ Q̄_{s−1}[x, :] ⊙ Q_s[:, l_s]`` (the process's own bridge from ``x`` to ``l_s``).
+
+        Only rows of ``Q`` at single states are needed: one per distinct ``(l_s, s)`` and
+        ``(x, s − 1)``, at most ``N`` per step whatever the batch size, against one propagated dense
+        row per token for :meth:`reverse_probs`. ``cache`` (a :class:`RowCache` kept over the
+        steps of one sampling run) reuses the rows ``Q̄_{s−1}[x, :]`` of stage 2 as the rows
+        ``Q̄_{s−1}[l_{s−1}, :]`` of the next step's stage 1. Same law as drawing from
+        :meth:`reverse_probs` (tested); a different use of the random stream.
+        """
+        s = self._check(l_s, s, "l_s", s_min=1)
+        b, t = l_s.shape
+        n = self._n
+        sf = s.repeat_interleave(t)
+        ls = l_s.reshape(-1)
+        if logits_x0.shape != (b, t, n):
+            raise ValueError(f"logits must be Float[B, T, N={n}], got {tuple(logits_x0.shape)}")
+        probs = torch.softmax(logits_x0.reshape(b * t, n).to(self.alpha.dtype), dim=-1)  # (M, N)
+        r1, i1 = self._row_table(ls, sf, "bar", cache)
+        x = self._draw(probs, None, r1, i1, generator).to(ls.device)  # stage 1: l0 given l_s
+        del probs, r1
+        if int(s.max()) == 1:  # Q̄_0 = I: the bridge ends at x
+            return x.reshape(b, t)
+        r3, i3 = self._row_table(ls, sf, "step")
+        r2, i2 = self._row_table(x, sf - 1, "bar", cache)
+        return self._draw(r2, i2, r3, i3, generator).to(ls.device).reshape(b, t)
+
+    def location_losses(
+        self, l0: torch.Tensor, logits_x0: torch.Tensor, l_s: torch.Tensor, s: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per token ``(KL(q(l_{s−1} | l_s, l0) ‖ p_θ(l_{s−1} | l_s)), CE(l0, z))``, ``Float[B, T]`` each.
+
+        The two location losses of the joint objective, differentiable in ``logits_x0``. The KL has
+        the value of :meth:`posterior_kl` and the CE that of ``F.cross_entropy``. On the CPU both
+        come from one fused computation (:mod:`mstdiff.diffusion.kernels`): one softmax, the
+        transition product forward and backward, one pass per row for the KL and its gradient, one
+        for the gradient of the logits. Elsewhere they are the PyTorch operations.
+        """
+        s = self._check(l_s, s, "l_s", s_min=1)
+        if l0.shape != l_s.shape:
+            raise ValueError(f"l0 shape {tuple(l0.shape)} differs from l_s shape {tuple(l_s.shape)}")
+        b, t = l_s.shape
+        if not self._use_kernels(logits_x0):
+            kl = self.posterior_kl(l0, logits_x0, l_s, s)
+            ce = torch.nn.functional.cross_entropy(
+                logits_x0.reshape(b * t, self._n).float(), l0.reshape(-1), reduction="none")
+            return kl, ce.reshape(b, t)
+        sf = s.repeat_interleave(t)
+        with torch.no_grad():
+            c, ic = self._row_table(l_s.reshape(-1), sf, "step")  # Q_s[l_s, :], distinct rows
+            a, ia = self._row_table(l0.reshape(-1), sf - 1, "bar")  # Q̄_{s−1}[l0, :]
+            log_a = a.clamp_min(torch.finfo(a.dtype).tiny).log()
+        kl, ce = _LocationLosses.apply(logits_x0.reshape(b * t, self._n), self, sf,
+                                       l0.reshape(-1).long().contiguous(), c, ic, a, ia, log_a)
+        return kl.reshape(b, t), ce.reshape(b, t)
 
     def posterior_kl(
         self, l0: torch.Tensor, logits_x0: torch.Tensor, l_s: torch.Tensor, s: torch.Tensor

@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 LOCATION_INPUTS = ("sampled", "soft")
 FINAL_LOCATIONS = ("sample", "argmax")
+LOCATION_DRAWS = ("two_stage", "dense")
 
 
 @runtime_checkable
@@ -83,11 +84,18 @@ class HybridConfig:
 
     location_input: str = "sampled"  # "sampled": network gets ids l_s (D3PM); "soft": probabilities (paper)
     final_location: str = "sample"  # last step: "sample" l0 from p_θ(l0 | l_1) or take its "argmax"
+    # how l_{s-1} is drawn: "two_stage" (exact, rows of Q at single states only; needs the process's
+    # sample_reverse) or "dense" (build p_θ(l_{s-1} | l_s) over all N stations for every token)
+    location_draw: str = "two_stage"
 
     def __post_init__(self) -> None:
         if self.location_input not in LOCATION_INPUTS:
             raise InputError(
                 f"location_input = {self.location_input!r} is unknown", fix=f"use one of {LOCATION_INPUTS}"
+            )
+        if self.location_draw not in LOCATION_DRAWS:
+            raise InputError(
+                f"location_draw = {self.location_draw!r} is unknown", fix=f"use one of {LOCATION_DRAWS}"
             )
         if self.final_location not in FINAL_LOCATIONS:
             raise InputError(
@@ -109,7 +117,7 @@ class HybridStepOutput:
 
     w_prev: Tensor  # w_{s-1}, (B, T)
     l_prev: Tensor  # l_{s-1}, (B, T) long
-    l_prev_probs: Tensor  # p_θ(l_{s-1} | l_s), (B, T, N): the network's next soft location input
+    l_prev_probs: Tensor | None  # p_θ(l_{s-1} | l_s), (B, T, N): the next soft input (None: not built)
     w0_hat: Tensor  # ŵ_0 implied by ε̂, (B, T)
 
 
@@ -212,10 +220,26 @@ class HybridDiffusion:
     # -- sampling (Algorithm 2) -------------------------------------------------------------
 
     def step(
-        self, out: DenoiserOutputLike, w_s: Tensor, l_s: Tensor, s: Tensor, generator: torch.Generator | None
+        self, out: DenoiserOutputLike, w_s: Tensor, l_s: Tensor, s: Tensor, generator: torch.Generator | None,
+        cache: Any = None,
     ) -> HybridStepOutput:
-        """Reverse step s → s − 1: DDPM step for w, a draw from ``p_θ(l_{s-1} | l_s)`` for l."""
+        """Reverse step s → s − 1: DDPM step for w, a draw from ``p_θ(l_{s-1} | l_s)`` for l.
+
+        With ``location_draw = "two_stage"``, when the network does not need the probabilities of
+        the next step (``location_input = "sampled"``) and the discrete process offers
+        ``sample_reverse`` (the graph process: an exact draw without the dense ``(B, T, N)`` rows),
+        that draw is used and ``l_prev_probs`` is None; ``cache`` is the process's row cache for the
+        run (``discrete.row_cache()``).
+        """
         g = self.gaussian.step(out.eps, s, w_s, generator)
+        at_last = bool((s == 1).any())
+        fast = getattr(self.discrete, "sample_reverse", None)
+        cfg = self.config
+        if (callable(fast) and cfg.location_input == "sampled" and cfg.location_draw == "two_stage"
+                and not (at_last and cfg.final_location == "argmax")):
+            l_prev = fast(out.logits, l_s, s, generator, cache)
+            return HybridStepOutput(w_prev=g.prev_sample, l_prev=l_prev, l_prev_probs=None,
+                                    w0_hat=g.pred_original_sample)
         probs = self.discrete.reverse_probs(out.logits, l_s, s)  # (B, T, N)
         l_prev = sample_categorical(probs, generator)  # (B, T)
         if self.config.final_location == "argmax":
@@ -248,6 +272,8 @@ class HybridDiffusion:
         l = torch.randint(0, N, (n, T), generator=generator, device=gen_device).to(device)  # (n, T)
         soft = self.config.location_input == "soft"
         probs = torch.full((n, T, N), 1.0 / N, device=device) if soft else None  # (n, T, N)
+        make_cache = getattr(self.discrete, "row_cache", None)
+        cache = make_cache() if callable(make_cache) else None
         was_training = bool(getattr(model, "training", False))
         set_mode = getattr(model, "train", None)
         if callable(set_mode):
@@ -256,9 +282,10 @@ class HybridDiffusion:
             for step in tqdm(range(S, 0, -1), desc="sampling", unit="step", disable=not progress):
                 s = torch.full((n,), step, dtype=torch.long, device=device)
                 out = model(w, probs if probs is not None else l, s)
-                nxt = self.step(out, w, l, s, generator)
+                nxt = self.step(out, w, l, s, generator, cache)
                 w, l = nxt.w_prev, nxt.l_prev
                 if soft:
+                    assert nxt.l_prev_probs is not None
                     probs = nxt.l_prev_probs
         finally:
             if callable(set_mode):

@@ -70,8 +70,14 @@ def joint_loss(
     """
     lam = weights.as_tuple() if isinstance(weights, LossWeights) else tuple(float(x) for x in weights)
     mse = F.mse_loss(out.eps, eps)
+    ce: Tensor | None = None
     if lam[1] == 0.0:  # no trajectory KL: skip the transition products entirely
         kl = torch.zeros((), device=mse.device)
+    elif posterior_true is None and hasattr(discrete, "location_losses"):
+        # fused fast path (same values): one softmax shared by the KL and the CE; at s = 1 the
+        # true posterior is one-hot at l0 and the KL is −log p_θ(l0 | l_1)
+        kl_tok, ce_tok = discrete.location_losses(l0, out.logits, l_s, s)
+        kl, ce = kl_tok.mean(), ce_tok.mean()
     elif posterior_true is None and hasattr(discrete, "posterior_kl"):
         # fast path, same value as below: Q_s[:, l_s] is computed once for both posteriors; at
         # s = 1 (Q̄_0 = I) the true posterior is one-hot at l0 and the KL is −log p_θ(l0 | l_1)
@@ -81,7 +87,8 @@ def joint_loss(
             posterior_true = discrete.posterior(l0, l_s, s)
         probs_pred = discrete.reverse_probs(out.logits, l_s, s)  # (B, T, N)
         kl = location_kl(posterior_true, probs_pred, l0, s)
-    ce = F.cross_entropy(out.logits.flatten(0, -2), l0.flatten())
+    if ce is None:
+        ce = F.cross_entropy(out.logits.flatten(0, -2), l0.flatten())
     total = lam[0] * mse + lam[1] * kl + lam[2] * ce
     parts = {
         "traffic_mse": mse.detach(),
