@@ -357,12 +357,15 @@ def test_eig_mode_dense_rows_cheb_path_equals_eigenbasis_path():
 
 
 @pytest.mark.parametrize("tile", [0, 7, 1000])
-def test_tiled_reordered_chebyshev_matches_the_expm_oracle(tile):
-    """RCM-ordered Y and cost-sorted row tiles (any tile size, mixed steps) = dense expm rows."""
+@pytest.mark.parametrize("fused", [True, False])
+def test_tiled_reordered_chebyshev_matches_the_expm_oracle(tile, fused):
+    """RCM-ordered Y and cost-sorted row tiles (any tile size, mixed steps, with the fused Numba
+    tile moves or PyTorch's) = dense expm rows."""
     rate = random_rate(50, seed=5, k=4, components=2)
     gt = GraphTransition(rate, num_steps=12, method="cheb", dtype=torch.float64)
     assert not torch.equal(gt.cheb_perm, torch.arange(50))  # the order really changed
     gt.cheb_tile = tile
+    gt.fused = fused
     g = torch.Generator().manual_seed(2)
     x = torch.softmax(torch.randn(3, 23, 50, generator=g, dtype=torch.float64), -1)  # 69 rows
     s = torch.tensor([0, 5, 12])

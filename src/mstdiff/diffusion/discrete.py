@@ -454,7 +454,7 @@ class GraphTransition(nn.Module):
             out[idx] = part(idx, int(cost[idx].max()))
         return out
 
-    def _cheb_apply(self, x: torch.Tensor, s: torch.Tensor, which: str) -> torch.Tensor:
+    def _cheb_apply(self, x: torch.Tensor, s: torch.Tensor, which: str, mix: bool = False) -> torch.Tensor:
         """``x[i] exp(t_i R)`` by the Chebyshev recurrence on the (RCM-permuted) sparse ``Y``.
 
         On the CPU the rows are sorted by their number of terms and processed in tiles of
@@ -462,6 +462,10 @@ class GraphTransition(nn.Module):
         all terms, which measured 2–3x faster than one pass over all rows per term at N = 2,000
         (``benchmarks/profile_step.py``). On a GPU, or with ``cheb_tile = 0``, rows go in at most
         four cost-sorted chunks (large kernels).
+
+        ``mix``: return ``x[i] Q(s_i)`` instead (the uniform part added, as :meth:`_mix`). With the
+        fused kernels a tile moves in and out of the recurrence's layout in one pass each, with the
+        mixing done on the way out.
         """
         coef = self.coef_bar if which == "bar" else self.coef_step
         nterms = (self.nterms_bar if which == "bar" else self.nterms_step)[s]
@@ -471,10 +475,8 @@ class GraphTransition(nn.Module):
                                         check_invariants=False)
         perm, inv = self.cheb_perm, self.cheb_inv
 
-        def recurrence(xs: torch.Tensor, ss: torch.Tensor, m: int) -> torch.Tensor:
-            """Rows ``xs (w, N)`` in the original order → ``(w, N)``, every row with ``m`` terms."""
-            c = coef[ss, :m].t().contiguous()  # (m, w)
-            t0 = xs.index_select(1, perm).t().contiguous()  # (N, w), permuted state order
+        def series(t0: torch.Tensor, c: torch.Tensor, m: int) -> torch.Tensor:
+            """``Σ_k c_k T_k(Y) t0`` for a block ``t0 (N, w)`` in permuted order, ``c (m, w)``."""
             acc = t0 * c[0]
             if m > 1:
                 t1 = y @ t0
@@ -483,23 +485,54 @@ class GraphTransition(nn.Module):
                     t2 = torch.addmm(t0, y, t1, beta=-1.0, alpha=2.0)  # T_k = 2 Y T_{k-1} − T_{k-2}
                     acc.addcmul_(t2, c[k])
                     t0, t1 = t1, t2
-            return acc.t().index_select(1, inv)  # (w, N), original state order
+            return acc
+
+        def recurrence(xs: torch.Tensor, ss: torch.Tensor, m: int) -> torch.Tensor:
+            """Rows ``xs (w, N)`` in the original order → ``(w, N)``, every row with ``m`` terms."""
+            c = coef[ss, :m].t().contiguous()  # (m, w)
+            t0 = xs.index_select(1, perm).t().contiguous()  # (N, w), permuted state order
+            return series(t0, c, m).t().index_select(1, inv)  # (w, N), original state order
+
+        def mixed(out: torch.Tensor) -> torch.Tensor:
+            if not mix:
+                return out
+            keep = (self.keep_bar if which == "bar" else self.keep_step)[s]
+            return self._mix(out, x.sum(-1), keep)
 
         tile = self.cheb_tile if x.device.type == "cpu" else 0
         if x.shape[0] == 0:
             return x.clone()
         if tile <= 0:
-            return self._chunked(nterms, x.shape, x.dtype, lambda idx, m: recurrence(
-                x if idx is None else x[idx], s if idx is None else s[idx], m)).contiguous()
-        if x.shape[0] <= tile:
-            return recurrence(x, s, int(nterms.max()) if nterms.numel() else 0)
+            return mixed(self._chunked(nterms, x.shape, x.dtype, lambda idx, m: recurrence(
+                x if idx is None else x[idx], s if idx is None else s[idx], m)).contiguous())
         order = torch.argsort(nterms, descending=True, stable=True)
         m_sorted = nterms[order].tolist()
+        if self._use_kernels(x):
+            from mstdiff.diffusion import kernels
+
+            xn, pn, inv_n = x.detach().contiguous().numpy(), perm.numpy(), inv.numpy()
+            keep_all = (self.keep_bar if which == "bar" else self.keep_step)[s] if mix else None
+            out = torch.empty_like(x)
+            for a in range(0, x.shape[0], tile):
+                rows = order[a:a + tile]
+                m = m_sorted[a]
+                t0, mass = kernels.gather_tile(xn, rows.numpy(), pn)
+                acc = series(torch.from_numpy(t0), coef[s[rows], :m].t().contiguous(), m)
+                if keep_all is None:
+                    keep, add = torch.ones(rows.numel(), dtype=x.dtype), torch.zeros_like(rows, dtype=x.dtype)
+                else:
+                    keep = keep_all[rows].to(x.dtype)
+                    add = ((1.0 - keep.double()) * torch.from_numpy(mass) / self._n).to(x.dtype)
+                kernels.scatter_tile_mix(acc.numpy(), rows.numpy(), inv_n, keep.numpy(), add.numpy(),
+                                         out.numpy())
+            return out
+        if x.shape[0] <= tile:
+            return mixed(recurrence(x, s, int(nterms.max()) if nterms.numel() else 0))
         out = torch.empty_like(x)
         for a in range(0, x.shape[0], tile):
             rows = order[a:a + tile]
             out[rows] = recurrence(x[rows], s[rows], m_sorted[a])
-        return out
+        return mixed(out)
 
     def _mix(self, graph: torch.Tensor, mass: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """``keep · graph + (1 − keep) · mass / N`` (the uniform part of Q acting on rows), in place."""
@@ -507,6 +540,11 @@ class GraphTransition(nn.Module):
 
     def _apply_flat(self, x: torch.Tensor, s: torch.Tensor, which: str) -> torch.Tensor:
         """``x[i] Q(s_i)`` for ``x (M, N)``; rows with time 0 are returned unchanged."""
+        if (self._use_kernels(x) and self.cheb_tile > 0
+                and not (self.method == "eig" and not self._use_cheb(s, which))):
+            # one fused pass in and out per tile; a row with time 0 has the single coefficient 1
+            # and keep = 1, so it comes out unchanged
+            return self._cheb_apply(x, s, which, mix=True)
         times = (self.alpha_bar if which == "bar" else self.alpha)[s]
         keep = (self.keep_bar if which == "bar" else self.keep_step)[s]
         moving = times > 0

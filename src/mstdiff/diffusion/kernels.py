@@ -14,6 +14,9 @@ memory-bound. Each kernel here makes one pass per row instead, in row-parallel l
   prior row, from the factors of :meth:`GraphTransition.posterior_kl`.
 * :func:`softmax_ce_backward` — the gradient of ``kl(softmax(z)) + ce(z)`` with respect to the
   logits, from the gradient with respect to ``softmax(z)``.
+* :func:`gather_tile` / :func:`scatter_tile_mix` — move a tile of rows into the Chebyshev
+  recurrence's ``(N, w)`` layout in reverse Cuthill–McKee order and back, with the uniform mixing of
+  ``Q``, one pass each (instead of gather, permute, transpose, copy, scatter, scale and add).
 
 Every kernel has a PyTorch twin in the module that calls it, used on GPUs and as the oracle in
 ``tests/diffusion/test_kernels.py``. Compiled on first use and cached on disk (Numba's cache).
@@ -28,7 +31,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-__all__ = ["draw_product", "kl_rows", "set_threads", "softmax_ce_backward"]
+__all__ = ["draw_product", "gather_tile", "kl_rows", "scatter_tile_mix", "set_threads", "softmax_ce_backward"]
 
 _jit = njit(parallel=True, cache=True, nogil=True, boundscheck=False)
 
@@ -160,3 +163,50 @@ def softmax_ce_backward(
     set_threads()
     _softmax_ce_backward(p, g, scale, target, g_ce, out)
     return out
+
+
+@_jit
+def _gather_tile(x, rows, perm, out, mass):
+    n = perm.size
+    w = rows.size
+    for i in prange(n):
+        col = perm[i]
+        ro = out[i]
+        for q in range(w):
+            ro[q] = x[rows[q], col]
+    for q in prange(w):
+        r = x[rows[q]]
+        tot = 0.0
+        for j in range(n):
+            tot += r[j]
+        mass[q] = tot
+
+
+def gather_tile(x: np.ndarray, rows: np.ndarray, perm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(x[rows][:, perm]ᵀ, x[rows].sum(1))``: rows of ``x (M, N)`` as an ``(N, w)`` block in the
+    state order ``perm``, and their sums (float64), in one pass."""
+    out = np.empty((perm.size, rows.size), dtype=x.dtype)
+    mass = np.empty(rows.size, dtype=np.float64)
+    set_threads()
+    _gather_tile(x, rows, perm, out, mass)
+    return out, mass
+
+
+@_jit
+def _scatter_tile_mix(acc, rows, inv, keep, add, out):
+    n = inv.size
+    for q in prange(rows.size):
+        ro = out[rows[q]]
+        k = keep[q]
+        a = add[q]
+        for j in range(n):
+            ro[j] = k * acc[inv[j], q] + a
+
+
+def scatter_tile_mix(
+    acc: np.ndarray, rows: np.ndarray, inv: np.ndarray, keep: np.ndarray, add: np.ndarray, out: np.ndarray
+) -> None:
+    """``out[rows[q], j] = keep[q] · acc[inv[j], q] + add[q]``: the inverse of :func:`gather_tile`
+    with the uniform mixing of ``Q`` (``add = (1 − keep) · mass / N``), in one pass."""
+    set_threads()
+    _scatter_tile_mix(acc, rows, inv, keep, add, out)
