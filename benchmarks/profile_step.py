@@ -3,18 +3,25 @@
     python benchmarks/profile_step.py                       # N = 2000, T = 48, batch 64, 2 threads
     python benchmarks/profile_step.py --n 5000 --threads 1 --out benchmarks/results/profile
 
-1. Where the time goes: wall time per region (denoiser forward, the loss's transition products,
-   backward, optimiser; in sampling: denoiser, reverse step of the locations, categorical draw) and
-   the torch.profiler top operators of a training step.
-2. Before/after: the transition process built the previous way (natural station order, one pass of
-   the Chebyshev recurrence over all rows: ``reorder=False, cheb_tile=0``) against the current one
-   (RCM order, cache-sized row tiles). Both run **interleaved in the same process** (A, B, A, B,
-   ...) on the same inputs and weights, so machine load hits both alike; the ratio of medians is
-   reported. Outputs agree to float round-off (checked here too).
+1. Where the time goes: wall time per region (denoiser forward, the location losses with their
+   transition products, backward, optimiser; in sampling: denoiser, reverse location step with its
+   draw, Gaussian step) and the torch.profiler top operators of a training step.
+2. Before/after, through the library's own code (``joint_loss``, ``HybridDiffusion.step``):
+
+   * ``before``: PyTorch operations only (``GraphTransition.fused = False``) and the dense reverse
+     draw (``location_draw = "dense"``: ``p_θ(l_{s−1} | l_s)`` over all N stations per token);
+   * ``after``: the fused Numba kernels (``mstdiff.diffusion.kernels``) and the exact two-stage
+     draw (``GraphTransition.sample_reverse``).
+
+   Both run **interleaved in the same process** (A, B, A, B, ...) on the same inputs and weights,
+   so machine load hits both alike; the ratio of medians is reported. The losses agree to float
+   round-off (checked here too).
 
 The model is the denoiser of ``configs/shanghai.yaml`` (d_model 64, one layer per stage) on a
 synthetic kNN station graph with the real graph's degree; locations stay at three stations per
 sample, like real users. Prints Markdown tables and writes ``profile.json`` + ``profile.md``.
+(Earlier results in ``results/profile`` and ``results/profile_threads2`` compare the Chebyshev
+tiles and RCM order with the first implementation: the script at commit b3140ee.)
 """
 
 from __future__ import annotations
@@ -31,13 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from mstdiff.diffusion.discrete import GraphTransition
 from mstdiff.diffusion.gaussian import GaussianConfig, GaussianDiffusion
-from mstdiff.diffusion.hybrid import HybridDiffusion, sample_categorical
+from mstdiff.diffusion.hybrid import HybridConfig, HybridDiffusion
 from mstdiff.kg.graph import synthetic_knn_rate
 from mstdiff.models.denoiser import DenoiserConfig, MSTDiffDenoiser
+from mstdiff.models.losses import joint_loss
 
 
 class Regions:
@@ -55,8 +62,8 @@ class Regions:
 
 def setup(args: argparse.Namespace) -> dict[str, Any]:
     rate = synthetic_knn_rate(args.n, k=8)
-    before = GraphTransition(rate, num_steps=args.steps, reorder=False)
-    before.cheb_tile = 0
+    before = GraphTransition(rate, num_steps=args.steps)
+    before.fused = False
     after = GraphTransition(rate, num_steps=args.steps)
     model = MSTDiffDenoiser(DenoiserConfig(num_stations=args.n, seq_len=args.t, d_model=args.d_model,
                                            layers_per_stage=1, final_layers=1, use_vqvae=False),
@@ -65,13 +72,14 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
     base = torch.randint(0, args.n, (B, 3), generator=torch.Generator().manual_seed(1))
     stay = torch.sort(torch.randint(0, 3, (args.t,), generator=torch.Generator().manual_seed(2))).values
     return {"before": before, "after": after, "model": model, "l0": base[:, stay],
-            "w0": torch.randn(B, args.t, generator=torch.Generator().manual_seed(3))}
+            "w0": torch.randn(B, args.t, generator=torch.Generator().manual_seed(3)),
+            "draw": {"before": "dense", "after": "two_stage"}}
 
 
 def train_step(model: MSTDiffDenoiser, opt: torch.optim.Optimizer, disc: GraphTransition,
                gauss: GaussianDiffusion, w0: torch.Tensor, l0: torch.Tensor, seed: int,
                reg: Regions) -> float:
-    """One optimiser step of the default loss λ = (1, 1, 0.1), regions timed separately."""
+    """One optimiser step of the default loss λ = (1, 1, 0.1) (``joint_loss``), regions timed."""
     g = torch.Generator().manual_seed(seed)
     B = w0.shape[0]
     s = torch.randint(1, disc.num_steps + 1, (B,), generator=g)
@@ -81,37 +89,32 @@ def train_step(model: MSTDiffDenoiser, opt: torch.optim.Optimizer, disc: GraphTr
         l_s = disc.q_sample(l0, s, g)
     with reg("denoiser forward"):
         out = model(w_s, l_s, s)
-    assert out.logits is not None
-    with reg("KL: transition products"):
-        kl = disc.posterior_kl(l0, out.logits, l_s, s).mean()
-    loss = F.mse_loss(out.eps, eps) + kl + 0.1 * F.cross_entropy(out.logits.flatten(0, 1), l0.flatten())
+    with reg("location KL + CE (transition products)"):
+        loss, parts = joint_loss(out, eps, None, l0, l_s, s, disc)
     opt.zero_grad(set_to_none=True)
     with reg("backward"):
         loss.backward()
     with reg("optimiser"):
         opt.step()
-    return float(loss)
+    return float(parts["total"])
 
 
 @torch.no_grad()
 def sample_run(model: MSTDiffDenoiser, hybrid: HybridDiffusion, n: int, T: int, seed: int,
                reg: Regions) -> torch.Tensor:
-    """Algorithm 2 over all S steps (the same computation as HybridDiffusion.sample), timed by region."""
+    """Algorithm 2 over all S steps (``HybridDiffusion.sample``'s loop, with timers around its parts)."""
     g = torch.Generator().manual_seed(seed)
-    disc, gauss = hybrid.discrete, hybrid.gaussian
+    disc = hybrid.discrete
     w = torch.randn(n, T, generator=g)
     loc = torch.randint(0, disc.num_states, (n, T), generator=g)
+    cache = disc.row_cache()
     for step in range(hybrid.num_steps, 0, -1):
         s = torch.full((n,), step, dtype=torch.long)
         with reg("denoiser forward"):
             out = model(w, loc, s)
-        assert out.logits is not None
-        with reg("reverse location step (transition)"):
-            probs = disc.reverse_probs(out.logits, loc, s)
-        with reg("categorical draw"):
-            loc = sample_categorical(probs, g)
-        with reg("Gaussian step"):
-            w = gauss.step(out.eps, s, w, g).prev_sample
+        with reg("reverse step (transition rows + draws, Gaussian step)"):
+            nxt = hybrid.step(out, w, loc, s, g, cache)
+        w, loc = nxt.w_prev, nxt.l_prev
     return loc
 
 
@@ -120,13 +123,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--t", type=int, default=48)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--sample-batch", type=int, default=64)
+    ap.add_argument("--sample-batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=50, help="diffusion steps S")
     ap.add_argument("--d-model", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=5, help="interleaved training steps per variant")
+    ap.add_argument("--reps", type=int, default=10, help="interleaved training steps per variant")
     ap.add_argument("--sample-reps", type=int, default=2, help="interleaved sampling runs per variant")
-    ap.add_argument("--out", default="benchmarks/results/profile")
+    ap.add_argument("--out", default="benchmarks/results/profile_fused")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     st = setup(args)
@@ -134,13 +137,12 @@ def main() -> None:
     variants = ("before", "after")
     models = {v: copy.deepcopy(st["model"]) for v in variants}
     opts = {v: torch.optim.AdamW(models[v].optimizer_groups(0.01), lr=1e-3) for v in variants}
-    hybrids = {v: HybridDiffusion(gauss, st[v]) for v in variants}
+    hybrids = {v: HybridDiffusion(gauss, st[v], HybridConfig(location_draw=st["draw"][v])) for v in variants}
 
-    # agreement of the two transition builds on the quantities the loss and the sampler use
-    g = torch.Generator().manual_seed(4)
-    probs = torch.softmax(3 * torch.randn(args.batch, args.t, args.n, generator=g), -1)
-    s = torch.randint(0, args.steps + 1, (args.batch,), generator=g)
-    max_diff = float((st["before"].propagate(probs, s) - st["after"].propagate(probs, s)).abs().max())
+    # agreement of the two paths on the training loss (same weights, same noise)
+    losses = {v: train_step(copy.deepcopy(st["model"]), torch.optim.SGD(st["model"].parameters(), lr=0.0),
+                            st[v], gauss, st["w0"], st["l0"], seed=123, reg=Regions()) for v in variants}
+    max_diff = abs(losses["before"] - losses["after"])
 
     train_times: dict[str, list[float]] = {v: [] for v in variants}
     train_regions = {v: Regions() for v in variants}
@@ -206,7 +208,7 @@ def render(r: dict[str, Any]) -> str:
     lines = [f"N = {su['N']}, T = {su['T']}, batch {su['batch']} (sampling {su['sample_batch']}), "
              f"S = {su['S']}, d_model {su['d_model']}, {su['threads']} threads; medians of {su['reps']} "
              f"training steps and "
-             f"{su['sample_reps']} sampling runs per variant, interleaved; max |before − after| = "
+             f"{su['sample_reps']} sampling runs per variant, interleaved; |loss before − after| = "
              f"{su['max_abs_diff_before_after']:.1e}", "",
              "| | before | after | speed-up |", "|---|---:|---:|---:|",
              f"| training samples/s | {r['train_samples_per_s']['before']} | "

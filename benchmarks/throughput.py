@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--sample-batch", type=int, default=64)
+    ap.add_argument("--sample-batch", type=int, default=256)
     ap.add_argument("--train-steps", type=int, default=3)
     ap.add_argument("--steps", type=int, default=50, help="diffusion steps S")
     ap.add_argument("--d-model", type=int, default=64)

@@ -19,7 +19,8 @@ normalisation of ``R`` (mean exit rate 1), a station makes ``1/ε = 2`` graph ju
 its first uniform jump: noise first moves a location to KG-similar stations, then anywhere.
 
 Computation — never a dense ``(S, N, N)`` table. Two exact methods (both to ``tol`` = 1e-7 per
-entry), chosen by ``method="auto"``:
+entry of ``Q``; the graph part enters ``Q`` weighted by ``e^{−εt}``, so its series is cut at
+``tol · e^{εt}``), chosen by ``method="auto"``:
 
 * ``"eig"`` (N ≤ :data:`EIG_MAX_N` = 1000): one float64 eigendecomposition ``R = V diag(λ) Vᵀ``;
   then ``X exp(tR) = ((X V) ⊙ e^{tλ}) Vᵀ``, truncated to the eigenvalues with ``e^{tλ} > tol``
@@ -49,6 +50,14 @@ walk exactly
 candidate events, ``Λ`` = largest exit rate): ``O(B·T·Λ ᾱ_s)``. Gradients (w.r.t. the logits) go
 through a custom autograd function: each map is a per-row symmetric linear operator, so its
 backward pass is the same map, with no activations stored.
+
+Reverse draw in sampling (:meth:`GraphTransition.sample_reverse`): instead of building
+``p_θ(l_{s−1} | l_s)`` over all N stations for every token (one propagated dense row per token), draw
+``x ~ softmax(z) ⊙ Q̄_s[l_s, :]`` and then ``l_{s−1} ~ Q̄_{s−1}[x, :] ⊙ Q_s[:, l_s]``: the same law
+(Chapman–Kolmogorov), with rows of ``Q`` at single states only, at most N per step whatever the
+batch size. Loss in training (:meth:`GraphTransition.location_losses`): the KL and the CE share one
+softmax, and the per-token passes over N run as fused Numba kernels on the CPU
+(:mod:`mstdiff.diffusion.kernels`; PyTorch operations on GPUs and with ``fused = False``).
 
 Float32 compute by default, float64 for building; tiny negatives from round-off are clamped and the
 rows renormalised.
