@@ -139,8 +139,9 @@ def main() -> None:
     opts = {v: torch.optim.AdamW(models[v].optimizer_groups(0.01), lr=1e-3) for v in variants}
     hybrids = {v: HybridDiffusion(gauss, st[v], HybridConfig(location_draw=st["draw"][v])) for v in variants}
 
-    # agreement of the two paths on the training loss (same weights, same noise)
-    losses = {v: train_step(copy.deepcopy(st["model"]), torch.optim.SGD(st["model"].parameters(), lr=0.0),
+    # agreement of the two paths on the training loss (same weights, same noise, no dropout)
+    losses = {v: train_step(copy.deepcopy(st["model"]).eval(),
+                            torch.optim.SGD(st["model"].parameters(), lr=0.0),
                             st[v], gauss, st["w0"], st["l0"], seed=123, reg=Regions()) for v in variants}
     max_diff = abs(losses["before"] - losses["after"])
 

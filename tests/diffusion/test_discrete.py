@@ -78,10 +78,14 @@ def test_chebyshev_coefficients_sum_to_one_and_stop_at_tolerance():
 # ---------------------------------------------------------------------------------------- marginals
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_marginal_matches_dense_expm(method, seed):
+@pytest.mark.parametrize("fused", [True, False])
+def test_marginal_matches_dense_expm(method, seed, fused):
+    """Rows of Q̄_s at single states (fused one-hot tiles or PyTorch) = the expm oracle; s = 0 one-hot."""
     rate = random_rate(40, seed, components=1 + seed % 2)
     trans = GraphTransition(rate, num_steps=12, method=method)
+    trans.fused = fused
     ab = trans._alpha_bar64
+    assert np.array_equal(all_rows(trans, 0), np.eye(40))
     for s in (1, 3, 7, 12):
         got = all_rows(trans, s)
         ref = dense_q(rate, ab[s], trans.eps)

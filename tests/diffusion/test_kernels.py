@@ -250,3 +250,22 @@ def test_hybrid_uses_the_two_stage_draw_unless_probabilities_are_needed():
     last = HybridDiffusion(gauss, gt, HybridConfig(final_location="argmax")).step(
         Out(), w, l_s, torch.tensor([1, 1]), None)
     assert last.l_prev_probs is not None and torch.equal(last.l_prev, last.l_prev_probs.argmax(-1))
+
+
+def test_fused_losses_take_bfloat16_logits_and_return_float32_losses():
+    """Mixed precision (train.amp): the losses stay in the process's float32; the gradient comes
+    back in the logits' dtype."""
+    gt = make(n=30)
+    g = torch.Generator().manual_seed(12)
+    l0 = torch.randint(0, 30, (2, 5), generator=g)
+    s = torch.tensor([2, 7])
+    l_s = gt.q_sample(l0, s, g)
+    z = torch.randn(2, 5, 30, generator=g)
+    zb = z.bfloat16().requires_grad_()
+    kl, ce = gt.location_losses(l0, zb, l_s, s)
+    assert kl.dtype == ce.dtype == torch.float32
+    (grad,) = torch.autograd.grad(kl.sum() + ce.sum(), zb)
+    assert grad.dtype == torch.bfloat16
+    kl32, ce32 = gt.location_losses(l0, zb.detach().float(), l_s, s)
+    torch.testing.assert_close(kl, kl32)
+    torch.testing.assert_close(ce, ce32)

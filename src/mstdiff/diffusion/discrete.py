@@ -212,9 +212,9 @@ class _LocationLosses(torch.autograd.Function):
             zl = z[low].double()
             ce[low] = torch.logsumexp(zl, -1) - zl.gather(1, target[low][:, None]).squeeze(1)
         ctx.trans = trans
+        ctx.logits_dtype = logits.dtype
         ctx.save_for_backward(p, prior, sf, target)
-        out_dtype = logits.dtype if logits.dtype.is_floating_point else torch.float32
-        return torch.from_numpy(kl).to(out_dtype), ce.to(out_dtype)
+        return torch.from_numpy(kl).to(p.dtype), ce.to(p.dtype)  # in the process's dtype, as the PyTorch path
 
     @staticmethod
     def backward(
@@ -229,7 +229,7 @@ class _LocationLosses(torch.autograd.Function):
         g_p = ctx.trans._apply_flat(grad_prior, sf - 1, "bar")  # the map is self-adjoint
         out = kernels.softmax_ce_backward(p.numpy(), g_p.numpy(), scale.numpy(), target.numpy(),
                                           g_ce_.numpy(), out=g_p.numpy())
-        return (torch.from_numpy(out), None, None, None, None, None, None, None, None)
+        return (torch.from_numpy(out).to(ctx.logits_dtype), None, None, None, None, None, None, None, None)
 
 
 def _chunks(cost: torch.Tensor, max_chunks: int = 4, min_rows: int = 256) -> list[torch.Tensor | None]:
@@ -463,6 +463,25 @@ class GraphTransition(nn.Module):
             out[idx] = part(idx, int(cost[idx].max()))
         return out
 
+    def _y_sparse(self) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(self.y_crow, self.y_col, self.y_val, size=(self._n, self._n),
+                                           check_invariants=False)
+
+    @staticmethod
+    def _series(y: torch.Tensor, t0: torch.Tensor, c: torch.Tensor, m: int) -> torch.Tensor:
+        """``Σ_k c_k T_k(Y) t0`` for a block ``t0 (N, w)`` in permuted state order, ``c (m, w)``."""
+        acc = t0 * c[0]
+        if m > 1:
+            t1 = y @ t0
+            acc.addcmul_(t1, c[1])
+            for k in range(2, m):
+                t2 = torch.addmm(t0, y, t1, beta=-1.0, alpha=2.0)  # T_k = 2 Y T_{k-1} − T_{k-2}
+                acc.addcmul_(t2, c[k])
+                t0, t1 = t1, t2
+        return acc
+
     def _cheb_apply(self, x: torch.Tensor, s: torch.Tensor, which: str, mix: bool = False) -> torch.Tensor:
         """``x[i] exp(t_i R)`` by the Chebyshev recurrence on the (RCM-permuted) sparse ``Y``.
 
@@ -478,29 +497,14 @@ class GraphTransition(nn.Module):
         """
         coef = self.coef_bar if which == "bar" else self.coef_step
         nterms = (self.nterms_bar if which == "bar" else self.nterms_step)[s]
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            y = torch.sparse_csr_tensor(self.y_crow, self.y_col, self.y_val, size=(self._n, self._n),
-                                        check_invariants=False)
+        y = self._y_sparse()
         perm, inv = self.cheb_perm, self.cheb_inv
-
-        def series(t0: torch.Tensor, c: torch.Tensor, m: int) -> torch.Tensor:
-            """``Σ_k c_k T_k(Y) t0`` for a block ``t0 (N, w)`` in permuted order, ``c (m, w)``."""
-            acc = t0 * c[0]
-            if m > 1:
-                t1 = y @ t0
-                acc.addcmul_(t1, c[1])
-                for k in range(2, m):
-                    t2 = torch.addmm(t0, y, t1, beta=-1.0, alpha=2.0)  # T_k = 2 Y T_{k-1} − T_{k-2}
-                    acc.addcmul_(t2, c[k])
-                    t0, t1 = t1, t2
-            return acc
 
         def recurrence(xs: torch.Tensor, ss: torch.Tensor, m: int) -> torch.Tensor:
             """Rows ``xs (w, N)`` in the original order → ``(w, N)``, every row with ``m`` terms."""
             c = coef[ss, :m].t().contiguous()  # (m, w)
             t0 = xs.index_select(1, perm).t().contiguous()  # (N, w), permuted state order
-            return series(t0, c, m).t().index_select(1, inv)  # (w, N), original state order
+            return self._series(y, t0, c, m).t().index_select(1, inv)  # (w, N), original state order
 
         def mixed(out: torch.Tensor) -> torch.Tensor:
             if not mix:
@@ -511,37 +515,70 @@ class GraphTransition(nn.Module):
         tile = self.cheb_tile if x.device.type == "cpu" else 0
         if x.shape[0] == 0:
             return x.clone()
+        if tile > 0 and self._use_kernels(x):
+            from mstdiff.diffusion import kernels
+
+            xn, pn = x.detach().contiguous().numpy(), perm.numpy()
+            return self._cheb_tiles(s, which, mix, x.dtype,
+                                    lambda rows: kernels.gather_tile(xn, rows.numpy(), pn, mass=mix))
         if tile <= 0:
             return mixed(self._chunked(nterms, x.shape, x.dtype, lambda idx, m: recurrence(
                 x if idx is None else x[idx], s if idx is None else s[idx], m)).contiguous())
-        order = torch.argsort(nterms, descending=True, stable=True)
-        m_sorted = nterms[order].tolist()
-        if self._use_kernels(x):
-            from mstdiff.diffusion import kernels
-
-            xn, pn, inv_n = x.detach().contiguous().numpy(), perm.numpy(), inv.numpy()
-            keep_all = (self.keep_bar if which == "bar" else self.keep_step)[s] if mix else None
-            out = torch.empty_like(x)
-            for a in range(0, x.shape[0], tile):
-                rows = order[a:a + tile]
-                m = m_sorted[a]
-                t0, mass = kernels.gather_tile(xn, rows.numpy(), pn)
-                acc = series(torch.from_numpy(t0), coef[s[rows], :m].t().contiguous(), m)
-                if keep_all is None:
-                    keep, add = torch.ones(rows.numel(), dtype=x.dtype), torch.zeros_like(rows, dtype=x.dtype)
-                else:
-                    keep = keep_all[rows].to(x.dtype)
-                    add = ((1.0 - keep.double()) * torch.from_numpy(mass) / self._n).to(x.dtype)
-                kernels.scatter_tile_mix(acc.numpy(), rows.numpy(), inv_n, keep.numpy(), add.numpy(),
-                                         out.numpy())
-            return out
         if x.shape[0] <= tile:
             return mixed(recurrence(x, s, int(nterms.max()) if nterms.numel() else 0))
+        order = torch.argsort(nterms, descending=True, stable=True)
+        m_sorted = nterms[order].tolist()
         out = torch.empty_like(x)
         for a in range(0, x.shape[0], tile):
             rows = order[a:a + tile]
             out[rows] = recurrence(x[rows], s[rows], m_sorted[a])
         return mixed(out)
+
+    def _cheb_tiles(
+        self, s: torch.Tensor, which: str, mix: bool, dtype: torch.dtype,
+        tile_in: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray | None]],
+    ) -> torch.Tensor:
+        """Fused CPU path of the recurrence: rows in cost-sorted tiles of ``cheb_tile``.
+
+        ``tile_in(rows)`` gives a tile's input block ``(N, w)`` in permuted state order and the
+        rows' sums (``None`` when ``mix`` is off); the output rows are written in station order,
+        mixed with the uniform part when ``mix``, in one pass per tile
+        (:func:`mstdiff.diffusion.kernels.scatter_tile_mix`).
+        """
+        from mstdiff.diffusion import kernels
+
+        coef = self.coef_bar if which == "bar" else self.coef_step
+        nterms = (self.nterms_bar if which == "bar" else self.nterms_step)[s]
+        keep_all = (self.keep_bar if which == "bar" else self.keep_step)[s].to(dtype)
+        y, inv = self._y_sparse(), self.cheb_inv.numpy()
+        order = torch.argsort(nterms, descending=True, stable=True)
+        m_sorted = nterms[order].tolist()
+        out = torch.empty(s.numel(), self._n, dtype=dtype)
+        for a in range(0, s.numel(), self.cheb_tile):
+            rows = order[a:a + self.cheb_tile]
+            m = m_sorted[a]
+            t0, mass = tile_in(rows)
+            acc = self._series(y, torch.from_numpy(t0), coef[s[rows], :m].t().contiguous(), m)
+            if mix:
+                assert mass is not None
+                keep = keep_all[rows]
+                add = ((1.0 - keep.double()) * torch.from_numpy(mass) / self._n).to(dtype)
+            else:
+                keep, add = torch.ones(rows.numel(), dtype=dtype), torch.zeros(rows.numel(), dtype=dtype)
+            kernels.scatter_tile_mix(acc.numpy(), rows.numpy(), inv, keep.numpy(), add.numpy(), out.numpy())
+        return out
+
+    def _one_hot_tiles(self, states: torch.Tensor, s: torch.Tensor, which: str) -> torch.Tensor:
+        """Rows ``Q(s_i)[states_i, :]`` (mixed) by the fused tiles, each tile's input built in place."""
+        inv = self.cheb_inv[states]
+        dtype = self.y_val.dtype
+
+        def tile_in(rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+            t0 = torch.zeros(self._n, rows.numel(), dtype=dtype)
+            t0[inv[rows], torch.arange(rows.numel())] = 1.0
+            return t0.numpy(), np.ones(rows.numel())
+
+        return self._cheb_tiles(s, which, True, dtype, tile_in)
 
     def _mix(self, graph: torch.Tensor, mass: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """``keep · graph + (1 − keep) · mass / N`` (the uniform part of Q acting on rows), in place."""
@@ -579,6 +616,9 @@ class GraphTransition(nn.Module):
         return self._rows_flat_unique(states, s, which)
 
     def _rows_flat_unique(self, states: torch.Tensor, s: torch.Tensor, which: str) -> torch.Tensor:
+        if self.method == "cheb" and self.cheb_tile > 0 and self._use_kernels(states):
+            # time 0: the single coefficient 1 and keep = 1 give the exact one-hot row
+            return self._one_hot_tiles(states, s, which)
         times = (self.alpha_bar if which == "bar" else self.alpha)[s]
         keep = (self.keep_bar if which == "bar" else self.keep_step)[s]
         out = torch.zeros(states.numel(), self._n, dtype=self.alpha.dtype, device=self.alpha.device)

@@ -166,7 +166,7 @@ def softmax_ce_backward(
 
 
 @_jit
-def _gather_tile(x, rows, perm, out, mass):
+def _gather_tile(x, rows, perm, out):
     n = perm.size
     w = rows.size
     for i in prange(n):
@@ -174,7 +174,12 @@ def _gather_tile(x, rows, perm, out, mass):
         ro = out[i]
         for q in range(w):
             ro[q] = x[rows[q], col]
-    for q in prange(w):
+
+
+@_jit
+def _row_sums(x, rows, mass):
+    n = x.shape[1]
+    for q in prange(rows.size):
         r = x[rows[q]]
         tot = 0.0
         for j in range(n):
@@ -182,14 +187,19 @@ def _gather_tile(x, rows, perm, out, mass):
         mass[q] = tot
 
 
-def gather_tile(x: np.ndarray, rows: np.ndarray, perm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def gather_tile(
+    x: np.ndarray, rows: np.ndarray, perm: np.ndarray, mass: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
     """``(x[rows][:, perm]ᵀ, x[rows].sum(1))``: rows of ``x (M, N)`` as an ``(N, w)`` block in the
-    state order ``perm``, and their sums (float64), in one pass."""
+    state order ``perm``, and their sums (float64; ``None`` unless ``mass``)."""
     out = np.empty((perm.size, rows.size), dtype=x.dtype)
-    mass = np.empty(rows.size, dtype=np.float64)
     set_threads()
-    _gather_tile(x, rows, perm, out, mass)
-    return out, mass
+    _gather_tile(x, rows, perm, out)
+    if not mass:
+        return out, None
+    sums = np.empty(rows.size, dtype=np.float64)
+    _row_sums(x, rows, sums)
+    return out, sums
 
 
 @_jit
