@@ -103,11 +103,13 @@ def _kl_rows(b, c, ic, a, ia, log_a, tiny, kl, grad):
         zb = max(zb, tiny)
         kl[i] = (q_log_a - q_log_b) / za - math.log(za) + math.log(zb)
         gi = grad[i]
+        inv_za = 1.0 / za
+        inv_zb = 1.0 / zb
         for j in range(n):
             bj = rb[j]
-            g = rc[j] / zb
+            g = rc[j] * inv_zb
             if bj >= tiny:
-                g -= rc[j] * ra[j] / (za * bj)
+                g -= rc[j] * ra[j] * inv_za / bj
             gi[j] = g
 
 
@@ -124,12 +126,13 @@ def kl_rows(
         ∂KL/∂b_j = c_j / zb − c_j a_j / (za b_j)
 
     ``b`` is clamped at ``tiny`` inside the logarithm (and the second gradient term is 0 where it
-    was clamped), as in the PyTorch path. ``out_grad`` may be ``b`` itself only if ``b`` is not
+    was clamped), and ``log b`` is taken in ``b``'s precision, as in the PyTorch path; the sums are
+    float64. ``out_grad`` may be ``b`` itself only if ``b`` is not
     needed afterwards — it is read row by row before its row is written. Returns ``kl (M,)`` float64.
     """
     kl = np.empty(b.shape[0], dtype=np.float64)
     set_threads()
-    tiny = float(np.finfo(b.dtype).tiny)
+    tiny = b.dtype.type(np.finfo(b.dtype).tiny)  # in b's dtype: the logarithm runs in that precision
     _kl_rows(b, c, ic, a, ia, log_a, tiny, kl, out_grad)
     return kl
 
