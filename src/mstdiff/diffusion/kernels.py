@@ -25,6 +25,8 @@ Every kernel has a PyTorch twin in the module that calls it, used on GPUs and as
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numba
 import numpy as np
@@ -33,7 +35,14 @@ from numba import njit, prange
 
 __all__ = ["draw_product", "gather_tile", "kl_rows", "scatter_tile_mix", "set_threads", "softmax_ce_backward"]
 
-_jit = njit(parallel=True, cache=True, nogil=True, boundscheck=False)
+def _jit(fn: Callable[..., Any]) -> Any:
+    """Compile ``fn`` with parallel loops, cached on disk where Numba finds a writable place
+    (beside this file, or the user's cache directory; ``NUMBA_CACHE_DIR`` chooses another)."""
+    try:
+        return njit(parallel=True, cache=True, nogil=True, boundscheck=False)(fn)
+    except RuntimeError:  # no writable cache location: compile in every process instead
+        return njit(parallel=True, cache=False, nogil=True, boundscheck=False)(fn)
+
 
 
 def set_threads() -> None:
