@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from mstdiff.diffusion import kernels
 from mstdiff.diffusion.discrete import GraphTransition
 from mstdiff.diffusion.hybrid import HybridConfig, HybridDiffusion
+from mstdiff.errors import InputError
 from mstdiff.kg.graph import synthetic_knn_rate
 
 
@@ -269,3 +270,29 @@ def test_fused_losses_take_bfloat16_logits_and_return_float32_losses():
     kl32, ce32 = gt.location_losses(l0, zb.detach().float(), l_s, s)
     torch.testing.assert_close(kl, kl32)
     torch.testing.assert_close(ce, ce32)
+
+
+@pytest.mark.parametrize("draw", ["two_stage", "dense"])
+def test_full_sampling_run_on_the_graph_process(draw):
+    """Algorithm 2 with either draw: reproducible for a seed, valid states, and a confident network's
+    prediction is followed (the last step reweights it by Q_1[:, l_1] only)."""
+    from mstdiff.diffusion.gaussian import GaussianConfig, GaussianDiffusion
+
+    gt = make(n=30, steps=6)
+    hy = HybridDiffusion(GaussianDiffusion(GaussianConfig(num_steps=6)), gt, HybridConfig(location_draw=draw))
+
+    class Out:
+        def __init__(self, w: torch.Tensor) -> None:
+            self.eps = torch.zeros_like(w)
+            self.logits = torch.full((*w.shape, 30), -20.0)
+            self.logits[..., 7] = 20.0
+
+    def model(w: torch.Tensor, loc: torch.Tensor, s: torch.Tensor) -> Out:
+        return Out(w)
+
+    a = hy.sample(model, 5, 8, torch.Generator().manual_seed(3))
+    b = hy.sample(model, 5, 8, torch.Generator().manual_seed(3))
+    assert torch.equal(a.l0, b.l0) and torch.equal(a.w0, b.w0)
+    assert (a.l0 == 7).float().mean() > 0.95
+    with pytest.raises(InputError, match="location_draw"):
+        HybridConfig(location_draw="gibbs")
