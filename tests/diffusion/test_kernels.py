@@ -296,3 +296,18 @@ def test_full_sampling_run_on_the_graph_process(draw):
     assert (a.l0 == 7).float().mean() > 0.95
     with pytest.raises(InputError, match="location_draw"):
         HybridConfig(location_draw="gibbs")
+
+
+def test_row_cache_with_mixed_steps_in_a_batch():
+    gt = make(n=40, steps=8)
+    g = torch.Generator().manual_seed(13)
+    z = torch.randn(4, 6, 40, generator=g)
+    s0 = torch.tensor([8, 5, 3, 8])
+    l_plain = l_cached = torch.randint(0, 40, (4, 6), generator=g)
+    g1, g2 = torch.Generator().manual_seed(14), torch.Generator().manual_seed(14)
+    cache = gt.row_cache()
+    for k in range(3):  # every sample one step down per call, each from its own step
+        st = s0 - k
+        l_plain = gt.sample_reverse(z, l_plain, st, g1)
+        l_cached = gt.sample_reverse(z, l_cached, st, g2, cache)
+        assert torch.equal(l_plain, l_cached)
