@@ -94,3 +94,15 @@ def recording(monkeypatch: pytest.MonkeyPatch, module: ModuleType) -> Iterator[l
 
     monkeypatch.setattr(module, "duckdb_session", session)
     yield made
+
+
+def assert_records_stay_in_duckdb(recs: list[Recorder], active_slots: int, n_stations: int,
+                                  n_records: int) -> None:
+    """One reader session; what reached Python is at most the per-slot rows and the station table,
+    and no hash join was built on the per-record data."""
+    assert len(recs) == 1
+    rec = recs[0]
+    assert rec.fetched_rows and max(rec.fetched_rows) <= active_slots < n_records / 5
+    assert max(rec.registered_rows) <= n_stations
+    assert rec.join_build_rows, "expected the station join to be profiled"
+    assert max(rec.join_build_rows) < n_records / 5, rec.join_build_rows

@@ -409,9 +409,13 @@ class GraphTransition(nn.Module):
     # ------------------------------------------------------------------ core linear maps
     def _graph_apply(self, x: torch.Tensor, s: torch.Tensor, which: str) -> torch.Tensor:
         """``x[i] exp(t_i R)`` for rows ``x (M, N)``, ``t_i = ᾱ_{s_i}`` ("bar") or ``α_{s_i}`` ("step")."""
-        if self.method == "eig" and not self._use_cheb(s, which):
+        if self._eig_rows(s, which):
             return self._eig_apply(x, s, which)
         return self._cheb_apply(x, s, which)
+
+    def _eig_rows(self, s: torch.Tensor, which: str) -> bool:
+        """Whether dense rows at steps ``s`` go through the eigenbasis (else the Chebyshev series)."""
+        return self.method == "eig" and not self._use_cheb(s, which)
 
     def _use_cheb(self, s: torch.Tensor, which: str) -> bool:
         """Cost model for dense rows: eigenbasis ``4·N·r`` flops per row against Chebyshev
@@ -586,8 +590,7 @@ class GraphTransition(nn.Module):
 
     def _apply_flat(self, x: torch.Tensor, s: torch.Tensor, which: str) -> torch.Tensor:
         """``x[i] Q(s_i)`` for ``x (M, N)``; rows with time 0 are returned unchanged."""
-        if (self._use_kernels(x) and self.cheb_tile > 0
-                and not (self.method == "eig" and not self._use_cheb(s, which))):
+        if self._use_kernels(x) and self.cheb_tile > 0 and not self._eig_rows(s, which):
             # one fused pass in and out per tile; a row with time 0 has the single coefficient 1
             # and keep = 1, so it comes out unchanged
             return self._cheb_apply(x, s, which, mix=True)
