@@ -234,6 +234,9 @@ def run_pipeline(config: RunConfig, out: str | os.PathLike[str], *, overwrite: b
 class BenchmarkConfig(RunConfig):
     models: list[str] = field(default_factory=lambda: ["mstdiff", "dit+markov", "csdi+timegeo"])
     baselines: dict[str, Any] = field(default_factory=dict)  # per-baseline config, keyed by name
+    # more MSTDiff configurations, keyed by name: sections (model, train, generate) merged over the
+    # run's, e.g. {mstdiff-paper: {model: {location: {process: graph}}}}
+    variants: dict[str, Any] = field(default_factory=dict)
 
 
 def load_benchmark_config(
@@ -260,6 +263,26 @@ def ablation_defaults(config: RunConfig) -> dict[str, Any]:
                   "threads": tc.num_threads, "seed": tc.seed,
                   "sample_batch_size": config.generate.batch_size},
     }
+
+
+VARIANT_SECTIONS = ("model", "train", "generate")
+
+
+def variant_config(config: BenchmarkConfig, name: str) -> RunConfig:
+    """The run config of the MSTDiff variant ``name`` ("mstdiff": the run's own sections)."""
+    base = {k: v for k, v in to_dict(config).items() if k in {f.name for f in dataclasses.fields(RunConfig)}}
+    if name == "mstdiff":
+        return from_dict(RunConfig, base, where="config")
+    extra = config.variants.get(name) or {}
+    bad = sorted(set(extra) - set(VARIANT_SECTIONS))
+    if bad:
+        raise InputError(f"variant {name!r} sets {bad}", where=f"variants.{name}",
+                         fix=f"a variant may only change {list(VARIANT_SECTIONS)} (the shared stages are common)")
+    if config.model.gaussian.num_steps != (extra.get("model", {}).get("gaussian", {}) or {}).get(
+            "num_steps", config.model.gaussian.num_steps):
+        raise InputError("a variant may not change model.gaussian.num_steps", where=f"variants.{name}",
+                         fix="the transition stage is shared and built for the run's number of steps")
+    return from_dict(RunConfig, deep_merge(base, extra), where=f"variants.{name}")
 
 
 def baseline_config(name: str, config: BenchmarkConfig) -> dict[str, Any] | None:
@@ -293,8 +316,10 @@ def run_benchmark(config: BenchmarkConfig, out: str | os.PathLike[str], *, overw
     out = Path(out)
     if not config.models:
         raise InputError("no models to benchmark", where="models", fix="list e.g. [mstdiff, markov]")
+    variants = {name: variant_config(config, name) for name in config.models
+                if name == "mstdiff" or name in config.variants}
     baselines = {name: make_baseline(name, baseline_config(name, config))
-                 for name in config.models if name != "mstdiff"}
+                 for name in config.models if name not in variants}
     for name, model in baselines.items():  # checked before any training
         if model.produces != frozenset({"traffic", "locations"}):
             raise InputError(
@@ -302,15 +327,16 @@ def run_benchmark(config: BenchmarkConfig, out: str | os.PathLike[str], *, overw
                 fix="pair a traffic model with a trajectory model, e.g. csdi+markov")
     _start_run_dir(config, out, overwrite)
     timings: dict[str, float] = {}
-    st = run_shared_stages(config, out, timings, progress=progress, need_mstdiff="mstdiff" in config.models)
+    st = run_shared_stages(config, out, timings, progress=progress, need_mstdiff=bool(variants))
     n = config.generate.n or st.test.n_samples
     generated: dict[str, PreparedDataset] = {}
     costs: dict[str, dict[str, float]] = {}
     for name in config.models:
         model_dir = out / "models" / name
         t0 = time.perf_counter()
-        if name == "mstdiff":
-            generated[name] = train_and_generate_mstdiff(config, out, st, model_dir, n, {}, progress=progress)
+        if name in variants:
+            generated[name] = train_and_generate_mstdiff(variants[name], out, st, model_dir, n, {},
+                                                         progress=progress)
         else:
             model = baselines[name]
             if not (model_dir / "generated" / "meta.json").exists():

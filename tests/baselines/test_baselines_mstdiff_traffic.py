@@ -38,11 +38,11 @@ def test_ablation_has_mstdiffs_stages_and_no_location_branch():
     assert _count(full.step_mlp) == _count(ablation.step_mlp)
     # what is gone: the (N, d) station table (one learned vector remains) and the location head path
     d = CFG["d_model"]
-    path = (full.full_in, full.full_merge, full.full_layers, full.ln_f, full.head_proj)
+    path = (full.full_in, full.full_merge, full.full_layers, full.ln_f, full.head_proj, full.copy)
     head = sum(_count(m) for m in path)
     head += full.logits_head.bias.numel()
     assert _count(full) - _count(ablation) == (37 - 1) * d + head
-    assert ablation.logits_head is None and ablation.log_tau is None
+    assert ablation.logits_head is None and ablation.log_tau is None and ablation.copy is None
     assert ablation.station_emb.weight.shape == (1, d)
 
 

@@ -17,8 +17,8 @@ def test_round_trip_and_zeros():
 
 
 def test_small_values_snap_to_zero():
-    sc = TrafficScaler.fit(np.array([[0.0, 2.0, 4.0]]))
-    assert sc.zero_threshold == 1.0
+    sc = TrafficScaler.fit(np.array([[0.0, 2.5, 4.1]]))  # continuous values: half the smallest positive
+    assert sc.resolution is None and sc.zero_threshold == 1.25
     out = sc.decode(sc.encode(torch.tensor([0.5, 1.5, -3.0])))
     assert out.tolist()[0] == 0.0 and out.tolist()[2] == 0.0 and abs(out.tolist()[1] - 1.5) < 1e-6
     assert TrafficScaler.from_dict(sc.to_dict()) == sc
@@ -34,3 +34,65 @@ def test_decode_is_capped_and_finite():
     assert torch.isfinite(out).all()
     assert out[0].item() == pytest.approx(20.0, rel=1e-5) and out[2].item() == pytest.approx(20.0, rel=1e-5)
     assert out[1].item() == 0.0 and out[3].item() == 0.0
+
+
+# ------------------------------------------------------------------ the data's domain (issue 11)
+def minutes_like(seed: int = 0, shape: tuple[int, int] = (200, 48)) -> np.ndarray:
+    """Connected minutes in 30-min slots: zeros, whole partial minutes and full slots."""
+    rng = np.random.default_rng(seed)
+    u = rng.random(shape)
+    partial = rng.integers(1, 30, size=shape).astype(np.float64)
+    return np.where(u < 0.5, 0.0, np.where(u < 0.75, partial, 30.0))
+
+
+def test_decode_stays_in_range_on_the_grid_with_both_atoms():
+    m = minutes_like()
+    sc = TrafficScaler.fit(m, upper=30.0)
+    assert sc.resolution == 1.0 and sc.upper == 30.0
+    x = torch.from_numpy(np.random.default_rng(1).normal(0, 3, size=(5000,)))  # far outside the data too
+    out = sc.decode(x).numpy()
+    assert out.min() >= 0 and out.max() <= 30.0
+    np.testing.assert_array_equal(out, np.round(out))  # whole minutes
+    assert (out == 0).any() and (out == 30).any()
+    # exact round trip of the real values (both atoms and every partial value)
+    np.testing.assert_array_equal(sc.decode(sc.encode(m)), m.astype(np.float32))
+
+
+def test_calibration_gives_the_training_shares_of_zeros_and_full_slots():
+    m = minutes_like(2)
+    sc = TrafficScaler.fit(m, upper=30.0)
+    rng = np.random.default_rng(3)
+    blurred = sc.encode(m) + rng.normal(0, 0.3, size=m.shape).astype(np.float32)  # a model's blur
+    before = sc.decode(blurred)
+    cal = sc.calibrate(blurred)
+    after = cal.decode(blurred)
+    assert cal.calibrated and not sc.calibrated
+    assert abs((after == 0).mean() - sc.zero_share) < 1e-3
+    assert abs((after == 30).mean() - sc.full_share) < 1e-3
+    # the uncalibrated midpoints lose part of the full-slot atom to the blur
+    assert abs((before == 30).mean() - sc.full_share) > abs((after == 30).mean() - sc.full_share)
+    partial = after[(after > 0) & (after < 30)]
+    assert partial.min() >= 1 and partial.max() <= 29
+
+
+def test_for_dataset_reads_the_domain_from_the_meta():
+    class DS:
+        def __init__(self, unit: str) -> None:
+            self.traffic = minutes_like(4, (20, 8))
+            self.meta = {"traffic_unit": unit, "bin_minutes": 30}
+
+    assert TrafficScaler.for_dataset(DS("minutes")).upper == 30.0
+    assert TrafficScaler.for_dataset(DS("bytes")).upper is None
+
+
+def test_fit_rejects_values_above_the_possible_maximum():
+    from mstdiff.errors import InputError
+
+    with pytest.raises(InputError, match="possible maximum"):
+        TrafficScaler.fit(np.array([[0.0, 31.0]]), upper=30.0)
+
+
+def test_old_scaler_dicts_still_load():
+    d = {"mean": 1.0, "std": 2.0, "zero_threshold": 0.5, "log_cap": 3.0}
+    sc = TrafficScaler.from_dict(d)
+    assert sc.upper is None and sc.full_threshold is None and not sc.calibrated

@@ -164,7 +164,8 @@ def test_input_errors():
 def test_cosine_location_head_bounds_logits_by_its_temperature():
     """``location_head = "cosine"``: logits − bias = τ·cos(h, E_j) ∈ [−τ, τ]; τ is learned."""
     cfg = DenoiserConfig(num_stations=30, seq_len=16, d_model=16, n_heads=2, layers_per_stage=1,
-                         final_layers=1, use_vqvae=False, location_head="cosine")
+                         final_layers=1, use_vqvae=False, location_head="cosine",
+                         copy_head=False)
     model = MSTDiffDenoiser(cfg, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         model.station_emb.weight.mul_(100.0)  # a large table: a dot head would give huge logits

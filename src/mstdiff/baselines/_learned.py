@@ -38,6 +38,9 @@ from mstdiff.training.utils import EMA, local_rng, lr_lambda, resolve_device
 
 logger = logging.getLogger(__name__)
 
+CALIBRATION_SAMPLES = 256  # samples drawn after training to calibrate the traffic decoder's atoms
+CALIBRATION_SEED_OFFSET = 104_729  # their seed: train.seed + this (apart from any generation seed)
+
 __all__ = ["DiffusionBaseline", "DiffusionConfig", "TrainConfig"]
 
 
@@ -344,8 +347,26 @@ class TrafficDiffusionBaseline(DiffusionBaseline):
         self.scaler: TrafficScaler | None = None
 
     def _encode_train(self, train: PreparedDataset) -> np.ndarray:
-        self.scaler = TrafficScaler.fit(train.traffic)
+        self.scaler = TrafficScaler.for_dataset(train)
         return self._encode(train)
+
+    def fit(self, train: PreparedDataset, *, val: PreparedDataset | None = None,
+            progress: bool = True) -> DiffusionBaseline:
+        """Train (:meth:`DiffusionBaseline.fit`), then calibrate the decoder's atoms on own samples.
+
+        The zero and full-slot thresholds of the :class:`TrafficScaler` are set from
+        ``calibration_samples`` samples of the trained model (seeded from the training seed, not
+        from any generation seed), so that they carry the training set's shares of both atoms.
+        """
+        super().fit(train, val=val, progress=progress)
+        assert self.scaler is not None
+        n_cal = min(CALIBRATION_SAMPLES, max(train.n_samples, 1))
+        x = self.sample_model_space(n_cal, seed=self.config.train.seed + CALIBRATION_SEED_OFFSET,
+                                    progress=False)
+        self.scaler = self.scaler.calibrate(x[:, 0, :])
+        logger.info("%s: decoder calibrated on %d samples (zero at <= %.3g, full at >= %s)", self.name,
+                    n_cal, self.scaler.zero_threshold, self.scaler.full_threshold)
+        return self
 
     def _encode(self, ds: PreparedDataset) -> np.ndarray:
         assert self.scaler is not None

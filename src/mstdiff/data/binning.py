@@ -124,6 +124,10 @@ def duckdb_session(
             con.execute(f"SET temp_directory = {sql_str(tmp)}")
             con.execute("SET preserve_insertion_order = false")
             con.execute("SET enable_progress_bar = false")
+            if threads is None:
+                from mstdiff.threads import configured
+
+                threads = configured()
             if threads is not None:
                 con.execute(f"SET threads = {int(threads)}")
             if memory_limit is not None:

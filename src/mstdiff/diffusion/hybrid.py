@@ -87,8 +87,18 @@ class HybridConfig:
     # how l_{s-1} is drawn: "two_stage" (exact, rows of Q at single states only; needs the process's
     # sample_reverse) or "dense" (build p_θ(l_{s-1} | l_s) over all N stations for every token)
     location_draw: str = "two_stage"
+    location_temperature: float = 1.0  # sampling: the network's l0 logits are divided by this
+    # absorbing process: which masked slots unmask first, "random" (exact ancestral step) or
+    # "confidence" (same count per step, most probable drawn stations first; MaskGIT)
+    unmask_order: str = "random"
 
     def __post_init__(self) -> None:
+        if not self.location_temperature > 0:
+            raise InputError(f"location_temperature = {self.location_temperature} must be positive",
+                             fix="use e.g. 1.0 (the model's own distribution) or 0.8 (sharper)")
+        if self.unmask_order not in ("random", "confidence"):
+            raise InputError(f"unmask_order = {self.unmask_order!r} is unknown",
+                             fix="use 'random' or 'confidence'")
         if self.location_input not in LOCATION_INPUTS:
             raise InputError(
                 f"location_input = {self.location_input!r} is unknown", fix=f"use one of {LOCATION_INPUTS}"
@@ -235,12 +245,19 @@ class HybridDiffusion:
         at_last = bool((s == 1).any())
         fast = getattr(self.discrete, "sample_reverse", None)
         cfg = self.config
-        if (callable(fast) and cfg.location_input == "sampled" and cfg.location_draw == "two_stage"
-                and not (at_last and cfg.final_location == "argmax")):
-            l_prev = fast(out.logits, l_s, s, generator, cache)
+        logits = out.logits if cfg.location_temperature == 1.0 else out.logits / cfg.location_temperature
+        masked = getattr(self.discrete, "mask_id", None) is not None
+        if masked and callable(fast) and cfg.location_input == "sampled":
+            # absorbing process: carry-over and unmasking (the exact step, no dense rows needed)
+            l_prev = fast(logits, l_s, s, generator, cache, order=cfg.unmask_order)
             return HybridStepOutput(w_prev=g.prev_sample, l_prev=l_prev, l_prev_probs=None,
                                     w0_hat=g.pred_original_sample)
-        probs = self.discrete.reverse_probs(out.logits, l_s, s)  # (B, T, N)
+        if (callable(fast) and cfg.location_input == "sampled" and cfg.location_draw == "two_stage"
+                and not (at_last and cfg.final_location == "argmax")):
+            l_prev = fast(logits, l_s, s, generator, cache)
+            return HybridStepOutput(w_prev=g.prev_sample, l_prev=l_prev, l_prev_probs=None,
+                                    w0_hat=g.pred_original_sample)
+        probs = self.discrete.reverse_probs(logits, l_s, s)  # (B, T, N) (absorbing: N + 1)
         l_prev = sample_categorical(probs, generator)  # (B, T)
         if self.config.final_location == "argmax":
             last = (s == 1).view(-1, *([1] * (l_prev.dim() - 1)))  # (B, 1)
@@ -260,7 +277,8 @@ class HybridDiffusion:
         device: torch.device | str | None = None,
         progress: bool = False,
     ) -> HybridSample:
-        """Algorithm 2: ``w_S ~ N(0, I)``, ``l_S ~ Uniform``; for s = S..1 one network call and one step.
+        """Algorithm 2: ``w_S ~ N(0, I)``, ``l_S`` from the process's stationary law (uniform for the
+        graph process, all masked for the absorbing one); for s = S..1 one network call and one step.
 
         Runs the model in eval mode (restoring its mode afterwards). ``device`` defaults to the
         device of the Gaussian schedule's buffers.
@@ -269,9 +287,15 @@ class HybridDiffusion:
         N, S = self.num_states, self.num_steps
         w = randn((n, T), generator=generator, device=device)  # (n, T)
         gen_device = generator.device if generator is not None else device
-        l = torch.randint(0, N, (n, T), generator=generator, device=gen_device).to(device)  # (n, T)
+        prior = getattr(self.discrete, "stationary", None)
+        if callable(prior):  # a process with its own stationary law (absorbing: all masked)
+            l = self.discrete.sample_prior((n, T), generator, device)  # (n, T)
+            pi = prior().to(device)
+        else:  # the graph process: uniform over the N stations
+            l = torch.randint(0, N, (n, T), generator=generator, device=gen_device).to(device)  # (n, T)
+            pi = torch.full((N,), 1.0 / N, device=device)
         soft = self.config.location_input == "soft"
-        probs = torch.full((n, T, N), 1.0 / N, device=device) if soft else None  # (n, T, N)
+        probs = pi.expand(n, T, -1).clone() if soft else None  # (n, T, N) (absorbing: N + 1)
         make_cache = getattr(self.discrete, "row_cache", None)
         cache = make_cache() if callable(make_cache) else None
         was_training = bool(getattr(model, "training", False))

@@ -166,6 +166,7 @@ class EvaluationResult:
     location_classes: dict[str, Any] = field(default_factory=dict)
     metrics: tuple[Metric, ...] = METRICS
     plots: list[str] = field(default_factory=list)  # paths relative to the report directory
+    sanity: dict[str, dict[str, Any]] = field(default_factory=dict)  # set -> plain statistics (sanity.py)
     out: Path | None = None
 
     @property
@@ -195,6 +196,7 @@ class EvaluationResult:
             "location_classes": self.location_classes,
             "notes": self.notes,
             "plots": self.plots,
+            "sanity": self.sanity,
             "config": self.config,
         }
 
@@ -230,7 +232,14 @@ class EvaluationResult:
             "`metric_info` for each definition and binning.",
         ]
         foot += [f"- {n}" for n in self.notes]
-        return "\n".join(lines + foot) + "\n"
+        text = "\n".join(lines + foot) + "\n"
+        if self.sanity:
+            from mstdiff.metrics.sanity import sanity_markdown
+
+            text += ("\n## Sanity statistics\n\nWhole sets (not subsampled): what a JSD can hide "
+                     "(`mstdiff.metrics.sanity`).\n\n"
+                     + sanity_markdown(self.sanity, upper=self.config.get("traffic_upper")))
+        return text
 
 
 # --------------------------------------------------------------------------- protocol
@@ -403,8 +412,17 @@ def evaluate(
         "real_source": real.meta.get("source"),
         "generated_sources": {name: g.meta.get("source") for name, g in generated.items()},
     }
+    from mstdiff.metrics.sanity import dataset_sanity, traffic_upper
+
+    upper = traffic_upper(real)
+    if upper is None and real.n_samples:
+        upper = float(np.max(real.traffic))  # other units: the real set's largest value
+    config["traffic_upper"] = upper
+    sanity = {"real": dataset_sanity(real, upper=upper),
+              **{str(k): dataset_sanity(v, upper=upper) for k, v in generated.items()}}
     result = EvaluationResult(rows=rows, floor_rows=floor_rows, floor_of=floor_of, sizes=sizes,
-                              notes=notes, config=config, location_classes=classes.to_dict())
+                              notes=notes, config=config, location_classes=classes.to_dict(),
+                              sanity=sanity)
     logger.info("metrics of %d set(s) in %.2f s", len(gens), time.perf_counter() - t0)
 
     if out is not None:

@@ -40,12 +40,14 @@ from mstdiff.data.dataset import PreparedDataset, normalisation_stats
 from mstdiff.data.scaling import TrafficScaler
 from mstdiff.diffusion.gaussian import GaussianConfig, GaussianDiffusion
 from mstdiff.diffusion.hybrid import HybridConfig, HybridDiffusion
+from mstdiff.diffusion.location import LocationConfig, make_location_process
 from mstdiff.errors import InputError
 from mstdiff.io import atomic_dir, atomic_write_text, run_meta, write_json
 from mstdiff.models.denoiser import DenoiserConfig, MSTDiffDenoiser
 from mstdiff.models.losses import training_loss
 from mstdiff.models.vqvae import VQVAE
 from mstdiff.models.wavelet import dwt, idwt
+from mstdiff.threads import set_threads
 from mstdiff.training import distributed
 from mstdiff.training.utils import (
     EMA,
@@ -78,10 +80,14 @@ class TrainConfig:
     log_every: int = 25  # optimiser steps between history lines
     seed: int = 0  # seeds data order, noise, dropout and initial weights
     device: str = "auto"  # auto | cpu | cuda | cuda:K (under torchrun: auto/cuda → cuda:LOCAL_RANK)
-    num_threads: int | None = None  # torch intra-op threads on CPU (None: torch's default)
+    num_threads: int | None = None  # CPU threads of torch, Numba and DuckDB alike (None: their defaults)
     progress: bool = True  # tqdm progress bar (rank 0 only)
     amp: bool = False  # mixed precision: the network under autocast (bf16; fp16 + loss scaling on old GPUs)
     compile: bool = False  # torch.compile the denoiser (slow first steps; pays off on GPUs, long runs)
+    # after training, the traffic decoder's zero / full-slot thresholds are set from this many of the
+    # model's own samples so that both atoms get the training shares (0: keep the grid midpoints)
+    calibration_samples: int = 256
+    calibration_batch_size: int = 256  # samples per sampling batch of that calibration
 
 
 @dataclass
@@ -89,6 +95,7 @@ class ModelConfig:
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     gaussian: GaussianConfig = field(default_factory=GaussianConfig)
     hybrid: HybridConfig = field(default_factory=HybridConfig)
+    location: LocationConfig = field(default_factory=LocationConfig)  # absorbing (default) or graph noise
 
 
 @dataclass
@@ -181,10 +188,35 @@ class MSTDiff:
             vqvae = VQVAE(VQVAEConfig(**payload["vqvae_config"]))
         denoiser = MSTDiffDenoiser(config.denoiser, vqvae)
         denoiser.load_state_dict(payload["state_dict"])
-        if discrete is None:
+        if discrete is None and config.location.process == "graph":
             discrete = load_transition(_resolve_relative(payload["transition_path"], path.parent))
+        discrete = make_location_process(config.location, num_states=config.denoiser.num_stations,
+                                         num_steps=config.gaussian.num_steps, graph=discrete)
         hybrid = HybridDiffusion(GaussianDiffusion(config.gaussian), discrete, config.hybrid)
         return cls(denoiser, hybrid, TrafficScaler.from_dict(payload["scaler"]), config).to(map_location)
+
+
+CALIBRATION_SEED_OFFSET = 104_729  # the calibration draws use train.seed + this (apart from generation)
+
+
+@torch.no_grad()
+def calibrate_decoder(model: MSTDiff, n: int, *, seed: int, device: torch.device | str,
+                      batch_size: int = 256) -> TrafficScaler:
+    """The model's scaler with its atom thresholds calibrated on ``n`` of its own samples.
+
+    See :meth:`TrafficScaler.calibrate`: the zero and full-slot thresholds are the quantiles of
+    the sampled (continuous) traffic at the training shares of both atoms.
+    """
+    gen = torch.Generator(device=device).manual_seed(int(seed) + CALIBRATION_SEED_OFFSET)
+    T = model.config.denoiser.seq_len
+    parts = []
+    for a in range(0, n, batch_size):
+        out = model.hybrid.sample(model.denoiser, min(batch_size, n - a), T, gen, device=device)
+        parts.append(idwt(out.w0).float().cpu())
+    scaler = model.scaler.calibrate(torch.cat(parts))
+    logger.info("traffic decoder calibrated on %d samples: zero at <= %.3g, full at >= %s",
+                n, scaler.zero_threshold, scaler.full_threshold)
+    return scaler
 
 
 def _resolve_relative(p: str | None, base: Path) -> Path:
@@ -237,15 +269,32 @@ def validation_loss(model: MSTDiffDenoiser, hybrid: HybridDiffusion, w0: Tensor,
     return {f"val_{k}": v / nb for k, v in sums.items()}
 
 
+def station_coordinates(ds: PreparedDataset) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(lat, lon)`` of the station table, or None when it has no coordinates."""
+    st = ds.stations
+    if "lat" not in st or "lon" not in st:
+        return None
+    return st["lat"].to_numpy(dtype=np.float64), st["lon"].to_numpy(dtype=np.float64)
+
+
 def build_model(config: ModelConfig, discrete: Any, vqvae: VQVAE | None, *, seed: int,
-                station_embeddings: Tensor | None = None) -> tuple[MSTDiffDenoiser, HybridDiffusion]:
+                station_embeddings: Tensor | None = None,
+                station_coords: tuple[np.ndarray, np.ndarray] | None = None,
+                ) -> tuple[MSTDiffDenoiser, HybridDiffusion]:
     if config.denoiser.num_stations != discrete.num_states:
         raise InputError(
             f"denoiser num_stations = {config.denoiser.num_stations} but the transition process has "
             f"{discrete.num_states} states", fix="build the transition from the same prepared dataset")
+    discrete = make_location_process(config.location, num_states=discrete.num_states,
+                                     num_steps=config.gaussian.num_steps, graph=discrete)
+    mask = getattr(discrete, "mask_id", None) is not None
+    if config.denoiser.mask_token != mask:
+        config = dataclasses.replace(config, denoiser=dataclasses.replace(config.denoiser, mask_token=mask))
     gen = torch.Generator().manual_seed(seed)
     denoiser = MSTDiffDenoiser(config.denoiser, vqvae if config.denoiser.use_vqvae else None,
                                station_embeddings=station_embeddings, generator=gen)
+    if station_coords is not None:
+        denoiser.set_station_coordinates_(*station_coords)
     hybrid = HybridDiffusion(GaussianDiffusion(config.gaussian), discrete, config.hybrid)
     return denoiser, hybrid
 
@@ -311,20 +360,24 @@ def _train(
         raise InputError("training output directory is not empty", where=str(out),
                          fix="pass --resume to continue it, or choose a new --out")
     if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+        set_threads(cfg.num_threads)  # torch, Numba and DuckDB alike
+    discrete = make_location_process(model_config.location, num_states=train.n_stations,
+                                     num_steps=model_config.gaussian.num_steps, graph=discrete)
     model_config = dataclasses.replace(
         model_config,
-        denoiser=dataclasses.replace(model_config.denoiser, num_stations=train.n_stations, seq_len=train.T),
+        denoiser=dataclasses.replace(model_config.denoiser, num_stations=train.n_stations, seq_len=train.T,
+                                     mask_token=getattr(discrete, "mask_id", None) is not None),
     )
     if main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", dump_yaml({"model": model_config, "train": cfg}))
 
-    scaler = TrafficScaler.fit(train.traffic)
+    scaler = TrafficScaler.for_dataset(train)
     w0, l0 = encode_series(train, scaler, device)
     wv, lv = encode_series(val, scaler, device) if val is not None else (w0[:0], l0[:0])
     denoiser, hybrid = build_model(model_config, discrete, vqvae, seed=cfg.seed,
-                                   station_embeddings=station_embeddings)
+                                   station_embeddings=station_embeddings,
+                                   station_coords=station_coordinates(train))
     denoiser.to(device)
     hybrid.to(device)
     opt = torch.optim.AdamW(denoiser.optimizer_groups(cfg.weight_decay), lr=cfg.lr)
@@ -478,6 +531,9 @@ def _train(
     if main:
         ema.shadow.eval()
         bundle = MSTDiff(cast(MSTDiffDenoiser, ema.shadow), hybrid, scaler, model_config)
+        if cfg.calibration_samples:
+            bundle.scaler = calibrate_decoder(bundle, min(cfg.calibration_samples, U), seed=cfg.seed,
+                                              device=device, batch_size=cfg.calibration_batch_size)
         meta = run_meta(stage="train", steps=step, epochs=epoch, samples_per_second=sps,
                         train_samples=U, val_samples=int(wv.shape[0]), device=str(device),
                         world_size=K, backend=ctx.backend, amp=cfg.amp, compile=cfg.compile,
@@ -625,7 +681,7 @@ def pretrain_vqvae_stage(
 
     config = config or VQVAEConfig()
     dev = resolve_device(device)
-    scaler = TrafficScaler.fit(train.traffic)
+    scaler = TrafficScaler.for_dataset(train)
     w0, _ = encode_series(train, scaler, dev)
     coeffs = scale_coeffs(w0, config.scale)  # (U, L)
     t0 = time.perf_counter()

@@ -1,0 +1,86 @@
+"""Plain statistics of a set of samples, to read beside the metrics (DEVELOPERS: "look at the samples").
+
+A JSD table can hide a model that jumps station every slot or emits impossible traffic; these
+numbers cannot. Each is a per-set summary, computed the same way for real and generated sets:
+
+- ``zero_share``: share of slots with traffic exactly 0;
+- ``full_share``: share of slots exactly at the largest possible value (``upper``: the slot length
+  for connected minutes; the real set's maximum for other units);
+- ``above_share``: share of slots above ``upper`` (impossible values; must be 0);
+- ``max_traffic``: the largest value;
+- ``distinct_per_sample``: mean number of distinct stations per sample;
+- ``changes_per_sample``: mean number of slots whose station differs from the previous slot's;
+- ``mean_traffic``: mean traffic per slot; ``mean_by_hour``: mean traffic per hour of day
+  (JSON only).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mstdiff.data.scaling import SLOT_BOUNDED_UNITS
+
+SANITY_COLUMNS = ("zero_share", "full_share", "above_share", "max_traffic", "distinct_per_sample",
+                  "changes_per_sample", "mean_traffic")
+
+
+def traffic_upper(ds: Any) -> float | None:
+    """The largest possible traffic value of a dataset's unit (slot length for minutes), or None."""
+    meta = getattr(ds, "meta", {}) or {}
+    if str(meta.get("traffic_unit", "")).lower() in SLOT_BOUNDED_UNITS and meta.get("bin_minutes"):
+        return float(meta["bin_minutes"])
+    return None
+
+
+def sanity_stats(traffic: np.ndarray, locations: np.ndarray, *, upper: float | None,
+                 bin_minutes: float | None = None) -> dict[str, Any]:
+    """The statistics above for ``traffic (U, T)`` and ``locations (U, T)``."""
+    m = np.asarray(traffic, dtype=np.float64)
+    loc = np.asarray(locations)
+    out: dict[str, Any] = {}
+    n = m.size
+    out["zero_share"] = float((m == 0).mean()) if n else float("nan")
+    if upper is not None and n:
+        out["full_share"] = float((m == upper).mean())
+        out["above_share"] = float((m > upper * (1 + 1e-6)).mean())
+    else:
+        out["full_share"] = out["above_share"] = float("nan")
+    out["max_traffic"] = float(m.max()) if n else float("nan")
+    if loc.size:
+        s = np.sort(loc, axis=1)
+        out["distinct_per_sample"] = float((1 + (np.diff(s, axis=1) != 0).sum(1)).mean())
+        out["changes_per_sample"] = float((np.diff(loc, axis=1) != 0).sum(1).mean())
+    else:
+        out["distinct_per_sample"] = out["changes_per_sample"] = float("nan")
+    out["mean_traffic"] = float(m.mean()) if n else float("nan")
+    if bin_minutes and m.shape[1] and n:
+        hour = (np.arange(m.shape[1]) * float(bin_minutes) / 60.0).astype(int) % 24
+        out["mean_by_hour"] = [float(m[:, hour == h].mean()) if (hour == h).any() else None
+                               for h in range(24)]
+    return out
+
+
+def dataset_sanity(ds: Any, *, upper: float | None) -> dict[str, Any]:
+    """:func:`sanity_stats` of a prepared dataset."""
+    return sanity_stats(ds.traffic, ds.locations, upper=upper, bin_minutes=getattr(ds, "bin_minutes", None))
+
+
+def sanity_markdown(stats: dict[str, dict[str, Any]], *, upper: float | None) -> str:
+    """A Markdown table, one row per set."""
+    head = ["set", "zero slots", f"at max ({upper:g})" if upper is not None else "at max", "above max",
+            "max", "distinct stations / sample", "changes / sample", "mean traffic"]
+    lines = ["| " + " | ".join(head) + " |", "|:---|" + "---:|" * (len(head) - 1)]
+    for name, st in stats.items():
+        def pct(v: float) -> str:
+            return "–" if not np.isfinite(v) else f"{100 * v:.1f} %"
+
+        def num(v: float) -> str:
+            return "–" if not np.isfinite(v) else f"{v:.2f}"
+
+        lines.append(f"| {name} | {pct(st['zero_share'])} | {pct(st['full_share'])} | "
+                     f"{pct(st['above_share'])} | {num(st['max_traffic'])} | "
+                     f"{num(st['distinct_per_sample'])} | {num(st['changes_per_sample'])} | "
+                     f"{num(st['mean_traffic'])} |")
+    return "\n".join(lines) + "\n"
