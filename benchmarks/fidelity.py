@@ -50,7 +50,8 @@ def step_accuracy(model: MSTDiff, ds: PreparedDataset, steps: list[int], seed: i
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", type=Path, required=True, help="run directory with split/ embed/ transition/ vqvae/")
+    ap.add_argument("--run", type=Path, required=True,
+                    help="run directory with split/ embed/ transition/ vqvae/")
     ap.add_argument("--config", type=Path, required=True)
     ap.add_argument("--name", required=True)
     ap.add_argument("--out", type=Path, default=Path("runs/fidelity"))

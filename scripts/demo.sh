@@ -11,3 +11,6 @@ echo
 cat "$OUT/evaluate/metrics.md"
 echo
 echo "Run directory: $OUT (plots under $OUT/evaluate/plots)"
+# the generated set must pass its own sanity checks (possible values, realistic moves)
+mstdiff sanity "$OUT/evaluate" > /dev/null && echo "Sanity checks: passed." \
+    || { echo "Sanity checks failed: see the table above."; exit 1; }

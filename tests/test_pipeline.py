@@ -24,14 +24,34 @@ def test_smoke_benchmark_all_models(smoke):
     out, res = smoke
     results = json.loads((out / "results.json").read_text())
     rows = results["metrics"]["metrics"]  # generated set -> metric -> value
-    names = ["mstdiff", "mstdiff-traffic+markov", "dit+markov", "csdi+timegeo", "csdi+difftraj"]
+    names = ["mstdiff", "mstdiff-paper", "mstdiff-traffic+markov", "dit+markov", "csdi+timegeo",
+             "csdi+difftraj"]
     assert set(names) <= set(rows)
+    # the two MSTDiff configurations: absorbing noise + copy head, and the paper's graph process
+    import yaml
+
+    for name, process, copy in (("mstdiff", "absorbing", True), ("mstdiff-paper", "graph", False)):
+        trained = yaml.safe_load((out / "models" / name / "train" / "config.yaml").read_text())
+        assert trained["model"]["location"]["process"] == process
+        assert trained["model"]["denoiser"]["copy_head"] is copy
+    assert "Sanity statistics" in md_text(out)
     for name in names:
         assert (out / "models" / name / "generated" / "meta.json").exists()
         assert results["costs"][name]["seconds"] >= 0
     md = (out / "results.md").read_text()
     assert "**floor**" in md and "independent pair" in md
     assert all(f"| {n} |" in md for n in names)
+
+
+def md_text(out: Path) -> str:
+    return (out / "results.md").read_text()
+
+
+def test_variant_may_not_change_shared_stages():
+    cfg = load_benchmark_config(REPO / "configs" / "benchmark_smoke.yaml",
+                                ["variants.mstdiff-paper.data={source: csv}"])
+    with pytest.raises(InputError, match="may only change"):
+        run_benchmark(cfg, Path("/nonexistent/never-written"), progress=False)
 
 
 def test_benchmark_is_resumable_and_checks_config(smoke):
@@ -63,6 +83,18 @@ def test_cli_prepare_info_split_evaluate(tmp_path):
                          f"train={tmp_path / 's' / 'train'}", "--out", str(tmp_path / "e"), "--no-plots"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "e" / "metrics.json").exists() and "floor" in res.output
+    assert "Sanity statistics" in res.output
+    # the sanity command: a real set "generated" passes its checks (exit 0) and prints the table
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        res = r.invoke(cli, ["--threads", "1", "sanity", str(tmp_path / "e")])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert res.exit_code == 0, res.output
+    assert "changes / sample" in res.output and "all generated sets pass" in res.output
 
 
 def test_cli_user_error_is_one_clear_message(tmp_path):

@@ -42,10 +42,16 @@ class _Group(click.Group):
 @click.group(cls=_Group)
 @click.version_option(package_name="mstdiff")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
-def cli(verbose: int) -> None:
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads of every pool (PyTorch, Numba, DuckDB); default: their own choice.")
+def cli(verbose: int, threads: int | None) -> None:
     """mstdiff: learn from cellular records, jointly simulate trajectories and traffic."""
     level = logging.WARNING - 10 * min(verbose + 1, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if threads is not None:
+        from mstdiff.threads import set_threads
+
+        set_threads(threads)  # before any pool starts: Numba's then has exactly this many threads
 
 
 # --------------------------------------------------------------------------- data
@@ -252,13 +258,16 @@ def train(train_dir: Path, val_dir: Path | None, transition: Path, vqvae: Path |
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True)
+@click.option("--sample", "sampling", multiple=True, metavar="KEY=VALUE",
+              help="Sampling option of model.hybrid, e.g. location_temperature=0.9, unmask_order=confidence.")
 def generate_cmd(model_path: Path, like: Path, n: int, out: Path, seed: int, batch_size: int, device: str,
-                 overwrite: bool) -> None:
+                 overwrite: bool, sampling: tuple[str, ...]) -> None:
     """Sample N joint (trajectory, traffic) series into a prepared dataset (Algorithm 2)."""
     from mstdiff.data import PreparedDataset
     from mstdiff.training.mstdiff import MSTDiff, generate
 
-    ds = generate(MSTDiff.load(model_path), PreparedDataset.load(like), n, out, seed=seed,
+    model = MSTDiff.load(model_path).with_sampling(**_parse_options(sampling))
+    ds = generate(model, PreparedDataset.load(like), n, out, seed=seed,
                   batch_size=batch_size, device=device, overwrite=overwrite)
     click.echo(ds.summary())
 
@@ -288,6 +297,18 @@ def benchmark(config: Path, out: Path, sets: tuple[str, ...], overwrite: bool) -
 
     res = run_benchmark(load_benchmark_config(config, sets), out, overwrite=overwrite)
     click.echo(res["markdown"])
+
+
+@cli.command()
+@click.argument("report", type=click.Path(path_type=Path))
+def sanity(report: Path) -> None:
+    """Plain statistics of an evaluation report's sets; exit status 1 if a generated set is implausible."""
+    from mstdiff.metrics.sanity import report_problems
+
+    table, problems = report_problems(report)
+    click.echo(table)
+    if problems:
+        sys.exit(1)
 
 
 def main() -> None:

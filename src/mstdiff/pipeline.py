@@ -69,6 +69,8 @@ class GenerateConfig:
     n: int | None = None  # samples to generate (None: as many as the test split)
     batch_size: int = 256  # samples per sampling batch (memory is bounded by this)
     seed: int = 0  # sampling seed
+    # sampling options of model.hybrid for generation (e.g. {location_temperature: 0.9}); empty: as trained
+    sampling: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -199,7 +201,7 @@ def train_and_generate_mstdiff(config: RunConfig, out: Path, st: Stages, model_d
             )
     with _stage("generate", timings):
         if not (model_dir / "generated" / "meta.json").exists():
-            model = MSTDiff.load(model_dir / "train" / "model.pt")
+            model = MSTDiff.load(model_dir / "train" / "model.pt").with_sampling(**config.generate.sampling)
             generate(model, st.train, n, model_dir / "generated", seed=config.generate.seed,
                      batch_size=config.generate.batch_size, device=config.train.device, progress=progress)
         return PreparedDataset.load(model_dir / "generated")
@@ -276,10 +278,11 @@ def variant_config(config: BenchmarkConfig, name: str) -> RunConfig:
     extra = config.variants.get(name) or {}
     bad = sorted(set(extra) - set(VARIANT_SECTIONS))
     if bad:
-        raise InputError(f"variant {name!r} sets {bad}", where=f"variants.{name}",
-                         fix=f"a variant may only change {list(VARIANT_SECTIONS)} (the shared stages are common)")
-    if config.model.gaussian.num_steps != (extra.get("model", {}).get("gaussian", {}) or {}).get(
-            "num_steps", config.model.gaussian.num_steps):
+        raise InputError(f"variant {name!r} sets {bad}: a variant may only change {list(VARIANT_SECTIONS)}",
+                         where=f"variants.{name}", fix="the shared stages (data, kg, vqvae) are common")
+    gauss = (extra.get("model") or {}).get("gaussian") or {}
+    steps = gauss.get("num_steps", config.model.gaussian.num_steps)
+    if steps != config.model.gaussian.num_steps:
         raise InputError("a variant may not change model.gaussian.num_steps", where=f"variants.{name}",
                          fix="the transition stage is shared and built for the run's number of steps")
     return from_dict(RunConfig, deep_merge(base, extra), where=f"variants.{name}")

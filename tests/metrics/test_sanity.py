@@ -15,3 +15,22 @@ def test_sanity_statistics_by_brute_force():
     assert len(st["mean_by_hour"]) == 24
     np.testing.assert_allclose(st["mean_by_hour"][0], m[:, :2].mean())
     assert "| x |" in sanity_markdown({"x": st}, upper=30.0)
+
+
+def test_sanity_problems_flag_impossible_values_caps_and_jumping():
+    from mstdiff.metrics.sanity import sanity_problems
+
+    rng = np.random.default_rng(1)
+    real_m = rng.choice([0.0, 5.0, 30.0], size=(30, 48))
+    stay = np.repeat(rng.integers(0, 5, size=(30, 1)), 48, axis=1)
+    real = sanity_stats(real_m, stay, upper=30.0)
+    assert sanity_problems(real, sanity_stats(real_m, stay, upper=30.0)) == []
+    jumpy = rng.integers(0, 50, size=(30, 48))
+    bad = sanity_stats(np.where(real_m == 30, 45.0, real_m), jumpy, upper=30.0)
+    text = " ".join(sanity_problems(real, bad))
+    assert "above the possible maximum" in text and "changes per sample" in text
+    assert "distinct stations" in text
+    # an unbounded unit: a pile of values at one cap
+    real_b = sanity_stats(rng.gamma(1.0, 2.0, size=(30, 48)), stay, upper=None)
+    capped = sanity_stats(np.minimum(rng.gamma(1.0, 20.0, size=(30, 48)), 7.5), stay, upper=None)
+    assert any("decoder cap" in p for p in sanity_problems(real_b, capped))

@@ -36,6 +36,7 @@ from mstdiff.training.mstdiff import (
     build_model,
     encode_series,
     load_transition,
+    station_coordinates,
     train_mstdiff,
 )
 from mstdiff.training.utils import Autocast, lr_lambda
@@ -111,7 +112,8 @@ def emulate_ranks(files: Path, world_size: int) -> dict[str, torch.Tensor]:
     mcfg = dataclasses.replace(mcfg, denoiser=dataclasses.replace(
         mcfg.denoiser, num_stations=train.n_stations, seq_len=train.T))
     w0, l0 = encode_series(train, TrafficScaler.fit(train.traffic), torch.device("cpu"))
-    denoiser, hybrid = build_model(mcfg, load_transition(files / "transition.pt"), None, seed=cfg.seed)
+    denoiser, hybrid = build_model(mcfg, load_transition(files / "transition.pt"), None, seed=cfg.seed,
+                                   station_coords=station_coordinates(train))
     opt = torch.optim.AdamW(denoiser.optimizer_groups(cfg.weight_decay), lr=cfg.lr)
     U, B = w0.shape[0], cfg.batch_size
     per_epoch = -(-U // B)

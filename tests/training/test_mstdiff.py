@@ -110,3 +110,52 @@ def test_generate_format_and_determinism(city, discrete, tmp_path):
     assert a.meta["generation"]["seed"] == 5 and a.meta["source"] == "mstdiff"
     with pytest.raises(InputError, match="positive"):
         generate(model, city, 0, tmp_path / "g4", progress=False)
+
+
+# ------------------------------------------------------------------ location processes (issue 11)
+@pytest.mark.parametrize("process", ["absorbing", "graph"])
+def test_both_location_processes_train_save_load_and_sample(city, discrete, tmp_path, process):
+    from dataclasses import replace
+
+    from mstdiff.diffusion.location import LocationConfig
+
+    mcfg = replace(model_config(), location=LocationConfig(process=process))
+    train_mstdiff(city, None, discrete=discrete, vqvae=None, model_config=mcfg,
+                  train_config=train_config(max_steps=2), out_dir=tmp_path / "m",
+                  transition_path=None)
+    model = MSTDiff.load(tmp_path / "m" / "model.pt", discrete=discrete if process == "graph" else None)
+    assert type(model.hybrid.discrete).__name__ == ("AbsorbingProcess" if process == "absorbing"
+                                                     else "GraphTransition")
+    assert model.denoiser.config.mask_token is (process == "absorbing")
+    assert model.scaler.calibrated  # the decoder's atoms were set from the model's own samples
+    tr, lo = model.sample(6, generator=torch.Generator().manual_seed(0))
+    assert (lo >= 0).all() and (lo < city.n_stations).all() and (tr >= 0).all()
+
+
+def test_absorbing_model_loads_without_a_transition_and_graph_model_needs_one(city, discrete, tmp_path):
+    from dataclasses import replace
+
+    from mstdiff.diffusion.location import LocationConfig
+
+    for process in ("absorbing", "graph"):
+        mcfg = replace(model_config(), location=LocationConfig(process=process))
+        train_mstdiff(city, None, discrete=discrete, vqvae=None, model_config=mcfg,
+                      train_config=train_config(max_steps=1, calibration_samples=0),
+                      out_dir=tmp_path / process, transition_path=None)
+    assert not MSTDiff.load(tmp_path / "absorbing").scaler.calibrated
+    with pytest.raises(InputError, match="transition"):
+        MSTDiff.load(tmp_path / "graph")
+
+
+def test_sampling_options_are_checked_and_change_the_samples(city, discrete, tmp_path):
+    run(city, discrete, tmp_path / "m", max_steps=3)
+    model = MSTDiff.load(tmp_path / "m")
+    with pytest.raises(InputError, match="unknown sampling option"):
+        model.with_sampling(temperature=0.5)
+    sharp = model.with_sampling(location_temperature=0.3, unmask_order="confidence")
+    assert sharp.config.hybrid.unmask_order == "confidence" and model.config.hybrid.unmask_order == "random"
+    _, a = model.sample(8, generator=torch.Generator().manual_seed(0))
+    _, b = sharp.sample(8, generator=torch.Generator().manual_seed(0))
+    assert not np.array_equal(a, b)
+    g = generate(sharp, city, 4, tmp_path / "g", seed=1, batch_size=4, progress=False)
+    assert g.meta["generation"]["sampling"]["unmask_order"] == "confidence"

@@ -414,9 +414,7 @@ def evaluate(
     }
     from mstdiff.metrics.sanity import dataset_sanity, traffic_upper
 
-    upper = traffic_upper(real)
-    if upper is None and real.n_samples:
-        upper = float(np.max(real.traffic))  # other units: the real set's largest value
+    upper = traffic_upper(real)  # None for units without a natural maximum (bytes, MB)
     config["traffic_upper"] = upper
     sanity = {"real": dataset_sanity(real, upper=upper),
               **{str(k): dataset_sanity(v, upper=upper) for k, v in generated.items()}}

@@ -5,8 +5,9 @@ numbers cannot. Each is a per-set summary, computed the same way for real and ge
 
 - ``zero_share``: share of slots with traffic exactly 0;
 - ``full_share``: share of slots exactly at the largest possible value (``upper``: the slot length
-  for connected minutes; the real set's maximum for other units);
+  for connected minutes; not defined for units without a maximum, such as bytes);
 - ``above_share``: share of slots above ``upper`` (impossible values; must be 0);
+- ``at_own_max_share``: share of slots at the set's own largest value (a pile there is a cap);
 - ``max_traffic``: the largest value;
 - ``distinct_per_sample``: mean number of distinct stations per sample;
 - ``changes_per_sample``: mean number of slots whose station differs from the previous slot's;
@@ -48,6 +49,7 @@ def sanity_stats(traffic: np.ndarray, locations: np.ndarray, *, upper: float | N
     else:
         out["full_share"] = out["above_share"] = float("nan")
     out["max_traffic"] = float(m.max()) if n else float("nan")
+    out["at_own_max_share"] = float((m == m.max()).mean()) if n and m.max() > 0 else 0.0
     if loc.size:
         s = np.sort(loc, axis=1)
         out["distinct_per_sample"] = float((1 + (np.diff(s, axis=1) != 0).sum(1)).mean())
@@ -72,7 +74,11 @@ def sanity_markdown(stats: dict[str, dict[str, Any]], *, upper: float | None) ->
     head = ["set", "zero slots", f"at max ({upper:g})" if upper is not None else "at max", "above max",
             "max", "distinct stations / sample", "changes / sample", "mean traffic"]
     lines = ["| " + " | ".join(head) + " |", "|:---|" + "---:|" * (len(head) - 1)]
+    problems: list[str] = []
+    real = stats.get("real")
     for name, st in stats.items():
+        if real is not None and name != "real":
+            problems += [f"{name}: {p}" for p in sanity_problems(real, st)]
         def pct(v: float) -> str:
             return "–" if not np.isfinite(v) else f"{100 * v:.1f} %"
 
@@ -83,4 +89,52 @@ def sanity_markdown(stats: dict[str, dict[str, Any]], *, upper: float | None) ->
                      f"{pct(st['above_share'])} | {num(st['max_traffic'])} | "
                      f"{num(st['distinct_per_sample'])} | {num(st['changes_per_sample'])} | "
                      f"{num(st['mean_traffic'])} |")
+    lines.append("")
+    lines.append("Sanity checks: " + ("all generated sets pass." if not problems else "problems found."))
+    lines += [f"- {p}" for p in problems]
     return "\n".join(lines) + "\n"
+
+
+def sanity_problems(real: dict[str, Any], gen: dict[str, Any], *, tolerance: float = 0.5) -> list[str]:
+    """What is implausible in a generated set's statistics against the real set's (empty: none).
+
+    Impossible values (above the maximum), a pile of values at one largest value (a decoder cap:
+    more than 1 % of slots at the set's maximum where the real set has under 0.1 % at its own,
+    for units without a natural maximum), and distinct stations or changes per sample, or the share
+    of zero slots, off the real ones by more than ``tolerance`` (relative; zero slots: absolute).
+    """
+    out: list[str] = []
+    if np.isfinite(gen.get("above_share", np.nan)) and gen["above_share"] > 0:
+        out.append(f"{100 * gen['above_share']:.2f} % of slots above the possible maximum")
+    if gen.get("at_own_max_share", 0.0) > 0.01 and real.get("at_own_max_share", 0.0) < 0.001:
+        out.append(f"{100 * gen['at_own_max_share']:.1f} % of slots at one largest value "
+                   f"({gen['max_traffic']:.4g}): a decoder cap, not data")
+    for key, what in (("distinct_per_sample", "distinct stations per sample"),
+                      ("changes_per_sample", "location changes per sample")):
+        r, g = real.get(key, np.nan), gen.get(key, np.nan)
+        if np.isfinite(r) and np.isfinite(g) and abs(g - r) > tolerance * max(r, 1.0):
+            out.append(f"{what}: {g:.2f} against {r:.2f} real")
+    r, g = real.get("zero_share", np.nan), gen.get("zero_share", np.nan)
+    if np.isfinite(r) and np.isfinite(g) and abs(g - r) > tolerance * 0.3:
+        out.append(f"zero slots: {100 * g:.1f} % against {100 * r:.1f} % real")
+    return out
+
+
+def report_problems(report_dir: Any) -> tuple[str, list[str]]:
+    """The sanity table and problems of an evaluation report (``metrics.json`` of ``mstdiff evaluate``)."""
+    import json
+    from pathlib import Path
+
+    path = Path(report_dir)
+    path = path / "metrics.json" if path.is_dir() else path
+    if not path.exists():
+        from mstdiff.errors import InputError
+
+        raise InputError("no evaluation report", where=str(path), fix="run `mstdiff evaluate` first")
+    data = json.loads(path.read_text())
+    stats = data.get("sanity") or {}
+    upper = (data.get("config") or {}).get("traffic_upper")
+    real = stats.get("real", {})
+    problems = [f"{name}: {p}" for name, st in stats.items() if name != "real"
+                for p in sanity_problems(real, st)]
+    return sanity_markdown(stats, upper=upper), problems

@@ -144,6 +144,20 @@ class MSTDiff:
         self.hybrid.to(device)
         return self
 
+    def with_sampling(self, **options: Any) -> MSTDiff:
+        """This model with other sampling options of ``model.hybrid`` (e.g. ``location_temperature``,
+        ``unmask_order``); the weights are shared. Unknown names are an :class:`InputError`."""
+        if not options:
+            return self
+        known = {f.name for f in dataclasses.fields(HybridConfig)}
+        bad = sorted(set(options) - known)
+        if bad:
+            raise InputError(f"unknown sampling option(s) {bad}", where="sampling",
+                             fix=f"use fields of model.hybrid: {sorted(known)}")
+        hcfg = dataclasses.replace(self.hybrid.config, **options)
+        hybrid = HybridDiffusion(self.hybrid.gaussian, self.hybrid.discrete, hcfg)
+        return MSTDiff(self.denoiser, hybrid, self.scaler, dataclasses.replace(self.config, hybrid=hcfg))
+
     @torch.no_grad()
     def sample(
         self, n: int, *, generator: torch.Generator, device: torch.device | str | None = None,
@@ -651,7 +665,9 @@ def generate(
             generation={"seed": seed, "batch_size": batch_size, "device": str(dev), "seconds": seconds,
                         "samples_per_second": n / seconds if seconds > 0 else None,
                         "steps": model.hybrid.num_steps,
-                        "location_input": model.config.hybrid.location_input},
+                        "location_input": model.config.hybrid.location_input,
+                        "sampling": to_dict(model.config.hybrid),
+                        "location_process": model.config.location.process},
             stations_from=like.meta.get("source"),
         ))
     logger.info("generated %d samples in %.1f s (%.2f samples/s)", n, seconds, n / max(seconds, 1e-9))
