@@ -41,7 +41,11 @@ def step_accuracy(model: MSTDiff, ds: PreparedDataset, steps: list[int], seed: i
     for s_ in steps:
         s = torch.full((w0.shape[0],), s_, dtype=torch.long)
         w_s, _, l_s = model.hybrid.noise(w0, l0, s, g)
-        pred = model.denoiser(w_s, model.hybrid.location_input(l0, l_s, s), s).logits.argmax(-1)
+        extra = {}
+        if model.hybrid.activity is not None:  # noise the activity channel to the same step
+            a0 = model.scaler.activity(torch.from_numpy(np.asarray(ds.traffic[:256], dtype=np.float32)))
+            extra["activity"] = model.hybrid.activity.q_sample(a0, s, g)
+        pred = model.denoiser(w_s, model.hybrid.location_input(l0, l_s, s), s, **extra).logits.argmax(-1)
         changed = l_s != l0  # tokens the noise changed (masked or moved)
         out[s_] = {"all": float((pred == l0).float().mean()),
                    "noised": float((pred == l0)[changed].float().mean()) if changed.any() else None}

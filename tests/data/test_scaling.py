@@ -96,3 +96,22 @@ def test_old_scaler_dicts_still_load():
     d = {"mean": 1.0, "std": 2.0, "zero_threshold": 0.5, "log_cap": 3.0}
     sc = TrafficScaler.from_dict(d)
     assert sc.upper is None and sc.full_threshold is None and not sc.calibrated
+
+
+def test_activity_classes_and_decoding_with_them():
+    m = minutes_like(5)
+    sc = TrafficScaler.fit(m, upper=30.0)
+    a = sc.activity(m)
+    assert sc.activity_classes == 3
+    np.testing.assert_array_equal(a, np.where(m == 0, 0, np.where(m == 30, 2, 1)))
+    # the real series decodes exactly with its own classes
+    np.testing.assert_array_equal(sc.decode_with_activity(sc.encode(m), a), m.astype(np.float32))
+    # any continuous value: class 0 → 0, class 2 → 30, class 1 strictly between, on the grid
+    x = np.random.default_rng(6).normal(0, 3, size=m.shape).astype(np.float32)
+    out = sc.decode_with_activity(x, a)
+    assert (out[a == 0] == 0).all() and (out[a == 2] == 30).all()
+    assert out[a == 1].min() >= 1 and out[a == 1].max() <= 29
+    np.testing.assert_array_equal(out, np.round(out))
+    bytes_like = TrafficScaler.fit(np.array([[0.0, 3.5, 7.25]]))
+    assert bytes_like.activity_classes == 2
+    np.testing.assert_array_equal(bytes_like.activity(np.array([0.0, 0.1, 9.0])), [0, 1, 1])

@@ -159,3 +159,21 @@ def test_sampling_options_are_checked_and_change_the_samples(city, discrete, tmp
     assert not np.array_equal(a, b)
     g = generate(sharp, city, 4, tmp_path / "g", seed=1, batch_size=4, progress=False)
     assert g.meta["generation"]["sampling"]["unmask_order"] == "confidence"
+
+
+def test_activity_channel_trains_and_its_classes_set_the_traffic_atoms(city, discrete, tmp_path):
+    from dataclasses import replace
+
+    mcfg = replace(model_config(), activity=True)
+    res = train_mstdiff(city, city.subset(np.arange(8)), discrete=discrete, vqvae=None, model_config=mcfg,
+                        train_config=train_config(max_steps=3), out_dir=tmp_path / "m")
+    assert any("activity_ce" in h for h in res.history)
+    model = MSTDiff.load(tmp_path / "m")
+    assert model.hybrid.activity is not None and model.denoiser.config.activity_classes == 2  # MB: 2
+    out = model.hybrid.sample(model.denoiser, 6, city.T, torch.Generator().manual_seed(0))
+    assert out.a0 is not None and set(out.a0.unique().tolist()) <= {0, 1}
+    tr, _ = model.sample(6, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(tr == 0, out.a0.numpy() == 0)  # zero slots are the class-0 slots
+    sharp = model.with_sampling(location_temperature=0.8)  # keeps the activity stream
+    assert sharp.hybrid.activity is model.hybrid.activity
+    generate(sharp, city, 4, tmp_path / "g", seed=0, batch_size=4, progress=False)

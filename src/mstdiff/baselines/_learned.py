@@ -22,7 +22,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from mstdiff.training.utils import EMA, local_rng, lr_lambda, resolve_device
 
 logger = logging.getLogger(__name__)
 
+TD = TypeVar("TD", bound="TrafficDiffusionBaseline")
 CALIBRATION_SAMPLES = 256  # samples drawn after training to calibrate the traffic decoder's atoms
 CALIBRATION_SEED_OFFSET = 104_729  # their seed: train.seed + this (apart from any generation seed)
 
@@ -350,8 +351,8 @@ class TrafficDiffusionBaseline(DiffusionBaseline):
         self.scaler = TrafficScaler.for_dataset(train)
         return self._encode(train)
 
-    def fit(self, train: PreparedDataset, *, val: PreparedDataset | None = None,
-            progress: bool = True) -> DiffusionBaseline:
+    def fit(self: TD, train: PreparedDataset, *, val: PreparedDataset | None = None,
+            progress: bool = True) -> TD:
         """Train (:meth:`DiffusionBaseline.fit`), then calibrate the decoder's atoms on own samples.
 
         The zero and full-slot thresholds of the :class:`TrafficScaler` are set from

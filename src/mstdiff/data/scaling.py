@@ -148,6 +148,38 @@ class TrafficScaler:
         m = torch.where(zero, torch.zeros_like(m), m)
         return _like(m, x)
 
+    @property
+    def activity_classes(self) -> int:
+        """Classes of the slot activity channel: 3 (zero / partial / full) with an ``upper``, else 2."""
+        return 3 if self.upper is not None else 2
+
+    def activity(self, traffic: A) -> A:
+        """Slot activity classes of real traffic: 0 zero, 1 partial (or positive), 2 full (``upper``)."""
+        t = _as_tensor(traffic)
+        a = (t > 0).long()
+        if self.upper is not None:
+            a = torch.where(t >= self.upper, torch.full_like(a, 2), a)
+        return a if isinstance(traffic, Tensor) else a.numpy()
+
+    def decode_with_activity(self, x: A, activity: np.ndarray | Tensor) -> A:
+        """Decode with the atoms given by an activity channel instead of the thresholds.
+
+        Class 0 is exactly 0, class 2 exactly ``upper``; class 1 is the continuous value rounded
+        to the resolution and kept strictly between the atoms (``[resolution, upper − resolution]``).
+        """
+        t = _as_tensor(x)
+        a = _as_tensor(activity).to(t.device).long()
+        m = _as_tensor(self.continuous(t))
+        lo = self.resolution if self.resolution is not None else 2.0 * self.zero_threshold
+        if self.resolution is not None:
+            m = torch.round(m / self.resolution) * self.resolution
+        hi = self.upper - (self.resolution or 0.0) if self.upper is not None else float("inf")
+        m = m.clamp(min=lo, max=max(hi, lo))
+        m = torch.where(a == 0, torch.zeros_like(m), m)
+        if self.upper is not None:
+            m = torch.where(a == 2, torch.full_like(m, self.upper), m)
+        return _like(m, x)
+
     def calibrate(self, x: np.ndarray | Tensor) -> TrafficScaler:
         """A copy whose thresholds give ``x``'s decoded values the training shares of zeros and full slots.
 

@@ -75,7 +75,7 @@ class DenoiserOutputLike(Protocol):
     logits: Tensor  # (B, T, N)
 
 
-Denoiser = Callable[[Tensor, Tensor, Tensor], Any]  # model(w_s, loc, s) -> DenoiserOutputLike
+Denoiser = Callable[..., Any]  # model(w_s, loc, s[, activity=a_s]) -> DenoiserOutputLike
 
 
 @dataclass
@@ -129,6 +129,7 @@ class HybridStepOutput:
     l_prev: Tensor  # l_{s-1}, (B, T) long
     l_prev_probs: Tensor | None  # p_θ(l_{s-1} | l_s), (B, T, N): the next soft input (None: not built)
     w0_hat: Tensor  # ŵ_0 implied by ε̂, (B, T)
+    a_prev: Tensor | None = None  # a_{s-1}, (B, T) long: the slot activity stream (None: no channel)
 
 
 class HybridSample(NamedTuple):
@@ -136,6 +137,7 @@ class HybridSample(NamedTuple):
 
     w0: Tensor  # wavelet coefficients (n, T); the series is mstdiff.models.wavelet.idwt(w0)
     l0: Tensor  # station ids (n, T) long
+    a0: Tensor | None = None  # slot activity ids (n, T) long, with an activity channel
 
 
 def sample_categorical(probs: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -173,6 +175,7 @@ class HybridDiffusion:
         gaussian: GaussianDiffusion,
         discrete: DiscreteProcess,
         config: HybridConfig | None = None,
+        activity: Any = None,
     ) -> None:
         if gaussian.num_steps != discrete.num_steps:
             raise InputError(
@@ -180,9 +183,13 @@ class HybridDiffusion:
                 f"{discrete.num_steps}",
                 fix="use the same number of diffusion steps S for both branches",
             )
+        if activity is not None and activity.num_steps != gaussian.num_steps:
+            raise InputError("the activity process needs the same number of steps S as the traffic one")
         self.gaussian = gaussian
         self.discrete = discrete
         self.config = config or HybridConfig()
+        # optional slot-activity stream (an absorbing process over K classes, same step s)
+        self.activity = activity
 
     @property
     def num_steps(self) -> int:
@@ -202,6 +209,8 @@ class HybridDiffusion:
             moved = move(device)
             if moved is not None:
                 self.discrete = moved
+        if self.activity is not None:
+            self.activity = self.activity.to(device)
         return self
 
     # -- training (Algorithm 1) -------------------------------------------------------------
@@ -231,7 +240,7 @@ class HybridDiffusion:
 
     def step(
         self, out: DenoiserOutputLike, w_s: Tensor, l_s: Tensor, s: Tensor, generator: torch.Generator | None,
-        cache: Any = None,
+        cache: Any = None, a_s: Tensor | None = None,
     ) -> HybridStepOutput:
         """Reverse step s → s − 1: DDPM step for w, a draw from ``p_θ(l_{s-1} | l_s)`` for l.
 
@@ -242,6 +251,12 @@ class HybridDiffusion:
         run (``discrete.row_cache()``).
         """
         g = self.gaussian.step(out.eps, s, w_s, generator)
+        a_prev = None
+        if self.activity is not None and a_s is not None:
+            act_logits = getattr(out, "activity_logits", None)
+            if act_logits is None:
+                raise ValueError("the hybrid has an activity stream but the network gave no activity logits")
+            a_prev = self.activity.sample_reverse(act_logits, a_s, s, generator)
         at_last = bool((s == 1).any())
         fast = getattr(self.discrete, "sample_reverse", None)
         cfg = self.config
@@ -251,19 +266,20 @@ class HybridDiffusion:
             # absorbing process: carry-over and unmasking (the exact step, no dense rows needed)
             l_prev = fast(logits, l_s, s, generator, cache, order=cfg.unmask_order)
             return HybridStepOutput(w_prev=g.prev_sample, l_prev=l_prev, l_prev_probs=None,
-                                    w0_hat=g.pred_original_sample)
+                                    w0_hat=g.pred_original_sample, a_prev=a_prev)
         if (callable(fast) and cfg.location_input == "sampled" and cfg.location_draw == "two_stage"
                 and not (at_last and cfg.final_location == "argmax")):
             l_prev = fast(logits, l_s, s, generator, cache)
             return HybridStepOutput(w_prev=g.prev_sample, l_prev=l_prev, l_prev_probs=None,
-                                    w0_hat=g.pred_original_sample)
+                                    w0_hat=g.pred_original_sample, a_prev=a_prev)
         probs = self.discrete.reverse_probs(logits, l_s, s)  # (B, T, N) (absorbing: N + 1)
         l_prev = sample_categorical(probs, generator)  # (B, T)
         if self.config.final_location == "argmax":
             last = (s == 1).view(-1, *([1] * (l_prev.dim() - 1)))  # (B, 1)
             l_prev = torch.where(last, probs.argmax(-1), l_prev)
         return HybridStepOutput(
-            w_prev=g.prev_sample, l_prev=l_prev, l_prev_probs=probs, w0_hat=g.pred_original_sample
+            w_prev=g.prev_sample, l_prev=l_prev, l_prev_probs=probs, w0_hat=g.pred_original_sample,
+            a_prev=a_prev,
         )
 
     @torch.no_grad()
@@ -289,7 +305,7 @@ class HybridDiffusion:
         gen_device = generator.device if generator is not None else device
         prior = getattr(self.discrete, "stationary", None)
         if callable(prior):  # a process with its own stationary law (absorbing: all masked)
-            l = self.discrete.sample_prior((n, T), generator, device)  # (n, T)
+            l = self.discrete.sample_prior((n, T), generator, device)  # type: ignore[attr-defined]
             pi = prior().to(device)
         else:  # the graph process: uniform over the N stations
             l = torch.randint(0, N, (n, T), generator=generator, device=gen_device).to(device)  # (n, T)
@@ -302,16 +318,18 @@ class HybridDiffusion:
         set_mode = getattr(model, "train", None)
         if callable(set_mode):
             set_mode(False)
+        a = self.activity.sample_prior((n, T), generator, device) if self.activity is not None else None
         try:
             for step in tqdm(range(S, 0, -1), desc="sampling", unit="step", disable=not progress):
                 s = torch.full((n,), step, dtype=torch.long, device=device)
-                out = model(w, probs if probs is not None else l, s)
-                nxt = self.step(out, w, l, s, generator, cache)
-                w, l = nxt.w_prev, nxt.l_prev
+                loc_in = probs if probs is not None else l
+                out = model(w, loc_in, s) if a is None else model(w, loc_in, s, activity=a)
+                nxt = self.step(out, w, l, s, generator, cache, a_s=a)
+                w, l, a = nxt.w_prev, nxt.l_prev, nxt.a_prev
                 if soft:
                     assert nxt.l_prev_probs is not None
                     probs = nxt.l_prev_probs
         finally:
             if callable(set_mode):
                 set_mode(was_training)
-        return HybridSample(w0=w, l0=l)
+        return HybridSample(w0=w, l0=l, a0=a)

@@ -70,6 +70,9 @@ class DenoiserConfig:
     copy_head: bool = True
     near_k: int = 16  # copy head: also move to one of the k stations nearest on the map (0: off)
     mask_token: bool = False  # the location input has a mask id (= num_stations): absorbing noise
+    # slot activity channel: K classes (3: zero / partial / full slot; 2: zero / positive), diffused as
+    # its own absorbing stream beside the locations; 0: none (traffic atoms from the decoder alone)
+    activity_classes: int = 0
 
     def validate(self) -> None:
         """Raise :class:`InputError` for a config no model can be built from."""
@@ -92,6 +95,9 @@ class DenoiserConfig:
             raise InputError(f"denoiser.location_head = {self.location_head!r}", fix="use 'cosine' or 'dot'")
         if self.mask_token and not self.use_locations:
             raise InputError("denoiser.mask_token needs use_locations = true")
+        if self.activity_classes and (not self.use_locations or self.activity_classes < 2):
+            raise InputError(f"denoiser.activity_classes = {self.activity_classes}",
+                             fix="use 0 (no activity channel), or 2-3 with use_locations = true")
 
 
 @dataclass
@@ -100,6 +106,7 @@ class DenoiserOutput:
 
     eps: Tensor  # ε̂, (B, T), aligned with the wavelet coefficients w
     logits: Tensor | None  # z of p_θ(l0 | l_s, w_s, s), (B, T, N), aligned with time; None without locations
+    activity_logits: Tensor | None = None  # (B, T, K) slot activity (zero / partial / full); None: no channel
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,6 +412,10 @@ class MSTDiffDenoiser(nn.Module):
             self.logits_head = nn.Linear(d, N)  # logits = h Eᵀ + b_station
             self.logits_head.weight = self.station_emb.weight  # weight tying (one (N, d) table)
         self.copy: CopyHead | None = CopyHead(cfg) if cfg.use_locations and cfg.copy_head else None
+        K = cfg.activity_classes
+        # activity tokens (K classes + the mask) join the location stream; a head reads them back out
+        self.act_emb = nn.Embedding(K + 1, d) if K else None
+        self.act_head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, K)) if K else None
         init_weights_(self, generator, std=cfg.init_std)
         if self.copy is not None:
             self.copy.reset_bias_()
@@ -520,10 +531,13 @@ class MSTDiffDenoiser(nn.Module):
             raise ValueError(f"location probabilities must have shape (B, T, {N}), got {tuple(loc.shape)}")
         return loc.to(E.dtype) @ E  # (B, T, d)
 
-    def forward(self, w_s: Tensor, loc: Tensor | None, s: Tensor) -> DenoiserOutput:
+    def forward(self, w_s: Tensor, loc: Tensor | None, s: Tensor,
+                activity: Tensor | None = None) -> DenoiserOutput:
         """``w_s (B, T)`` float, ``loc`` ids ``(B, T)`` or probabilities ``(B, T, N)``, ``s (B,)``.
 
         Without locations (``use_locations = False``) ``loc`` must be None and ``logits`` is None.
+        With the activity channel, ``activity`` holds the noisy slot activity ids ``(B, T)`` (the
+        mask is ``activity_classes``).
         """
         cfg = self.config
         B, T = w_s.shape
@@ -546,6 +560,10 @@ class MSTDiffDenoiser(nn.Module):
             loc_emb = self.station_emb.weight.expand(B, T, d)  # (B, T, d)
         else:
             loc_emb = self.embed_locations(loc)  # (B, T, d)
+        if self.act_emb is not None:
+            if activity is None:
+                raise ValueError("this denoiser has an activity channel: pass activity (B, T)")
+            loc_emb = loc_emb + self.act_emb(activity.long())  # (B, T, d)
         cond = self.step_mlp(sinusoidal_embedding(s, d))  # (B, d)
         type_emb = self.type_emb.weight  # (2, d)
         vq = None
@@ -590,4 +608,5 @@ class MSTDiffDenoiser(nn.Module):
             else:
                 source, valid = loc, loc < N
             logits = self.copy(h, z, source, valid, logits)
-        return DenoiserOutput(eps=eps, logits=logits)
+        act = self.act_head(z) if self.act_head is not None else None  # (B, T, K)
+        return DenoiserOutput(eps=eps, logits=logits, activity_logits=act)

@@ -106,12 +106,30 @@ def training_loss(
     l0: Tensor,
     generator: torch.Generator | None,
     weights: LossWeights | tuple[float, float, float] = (1.0, 1.0, 0.1),
+    a0: Tensor | None = None,
+    activity_weight: float = 1.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """One draw of Algorithm 1 for a batch: ``s ~ U{1..S}``, noise both branches, one network call, loss.
 
-    ``w0 (B, T)`` are the clean wavelet coefficients, ``l0 (B, T)`` the station ids.
+    ``w0 (B, T)`` are the clean wavelet coefficients, ``l0 (B, T)`` the station ids. With an
+    activity stream (``hybrid.activity``), ``a0 (B, T)`` are the slot activity classes: they are
+    noised to the same step and their masked cross-entropy (per masked token, as the locations')
+    joins the total with weight ``activity_weight`` (part ``"activity_ce"``).
     """
     s = hybrid.sample_steps(w0.shape[0], generator, w0.device)  # (B,)
     w_s, eps, l_s = hybrid.noise(w0, l0, s, generator)
-    out = model(w_s, hybrid.location_input(l0, l_s, s), s)
-    return joint_loss(out, eps, None, l0, l_s, s, hybrid.discrete, weights)
+    act = getattr(hybrid, "activity", None)
+    if act is None:
+        out = model(w_s, hybrid.location_input(l0, l_s, s), s)
+        return joint_loss(out, eps, None, l0, l_s, s, hybrid.discrete, weights)
+    if a0 is None:
+        raise ValueError("the hybrid has an activity stream: pass the activity classes a0 (B, T)")
+    a_s = act.q_sample(a0, s, generator)  # (B, T)
+    out = model(w_s, hybrid.location_input(l0, l_s, s), s, activity=a_s)
+    total, parts = joint_loss(out, eps, None, l0, l_s, s, hybrid.discrete, weights)
+    _, ce_tok = act.location_losses(a0, out.activity_logits, a_s, s)
+    ce = ce_tok.mean()
+    parts = {**parts, "activity_ce": ce.detach()}
+    total = total + activity_weight * ce
+    parts["total"] = total.detach()
+    return total, parts

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from mstdiff.config import dump_yaml, from_dict, to_dict
 from mstdiff.data.dataset import PreparedDataset, normalisation_stats
 from mstdiff.data.scaling import TrafficScaler
+from mstdiff.diffusion.absorbing import AbsorbingProcess
 from mstdiff.diffusion.gaussian import GaussianConfig, GaussianDiffusion
 from mstdiff.diffusion.hybrid import HybridConfig, HybridDiffusion
 from mstdiff.diffusion.location import LocationConfig, make_location_process
@@ -88,6 +89,7 @@ class TrainConfig:
     # model's own samples so that both atoms get the training shares (0: keep the grid midpoints)
     calibration_samples: int = 256
     calibration_batch_size: int = 256  # samples per sampling batch of that calibration
+    activity_weight: float = 1.0  # weight of the activity channel's masked CE (model.activity)
 
 
 @dataclass
@@ -96,6 +98,9 @@ class ModelConfig:
     gaussian: GaussianConfig = field(default_factory=GaussianConfig)
     hybrid: HybridConfig = field(default_factory=HybridConfig)
     location: LocationConfig = field(default_factory=LocationConfig)  # absorbing (default) or graph noise
+    # slot activity channel (zero / partial / full slot) diffused beside the locations; its classes
+    # set the traffic atoms at decoding (off: the calibrated decoder's thresholds set them)
+    activity: bool = False
 
 
 @dataclass
@@ -155,7 +160,7 @@ class MSTDiff:
             raise InputError(f"unknown sampling option(s) {bad}", where="sampling",
                              fix=f"use fields of model.hybrid: {sorted(known)}")
         hcfg = dataclasses.replace(self.hybrid.config, **options)
-        hybrid = HybridDiffusion(self.hybrid.gaussian, self.hybrid.discrete, hcfg)
+        hybrid = HybridDiffusion(self.hybrid.gaussian, self.hybrid.discrete, hcfg, activity=self.hybrid.activity)
         return MSTDiff(self.denoiser, hybrid, self.scaler, dataclasses.replace(self.config, hybrid=hcfg))
 
     @torch.no_grad()
@@ -166,7 +171,9 @@ class MSTDiff:
         """Algorithm 2 for ``n`` samples: traffic ``(n, T)`` float32 ≥ 0 and station ids ``(n, T)``."""
         T = self.config.denoiser.seq_len
         out = self.hybrid.sample(self.denoiser, n, T, generator, device=device, progress=progress)
-        traffic = self.scaler.decode(idwt(out.w0)).float().cpu().numpy()
+        x = idwt(out.w0)
+        traffic = (self.scaler.decode(x) if out.a0 is None
+                   else self.scaler.decode_with_activity(x, out.a0)).float().cpu().numpy()
         return traffic.astype(np.float32), out.l0.cpu().numpy().astype(np.int32)
 
     def save(
@@ -206,7 +213,8 @@ class MSTDiff:
             discrete = load_transition(_resolve_relative(payload["transition_path"], path.parent))
         discrete = make_location_process(config.location, num_states=config.denoiser.num_stations,
                                          num_steps=config.gaussian.num_steps, graph=discrete)
-        hybrid = HybridDiffusion(GaussianDiffusion(config.gaussian), discrete, config.hybrid)
+        hybrid = HybridDiffusion(GaussianDiffusion(config.gaussian), discrete, config.hybrid,
+                                 activity=activity_process(config))
         return cls(denoiser, hybrid, TrafficScaler.from_dict(payload["scaler"]), config).to(map_location)
 
 
@@ -221,6 +229,8 @@ def calibrate_decoder(model: MSTDiff, n: int, *, seed: int, device: torch.device
     See :meth:`TrafficScaler.calibrate`: the zero and full-slot thresholds are the quantiles of
     the sampled (continuous) traffic at the training shares of both atoms.
     """
+    if model.hybrid.activity is not None:  # the activity channel sets the atoms: nothing to calibrate
+        return model.scaler
     gen = torch.Generator(device=device).manual_seed(int(seed) + CALIBRATION_SEED_OFFSET)
     T = model.config.denoiser.seq_len
     parts = []
@@ -264,7 +274,7 @@ def _epoch_order(n: int, seed: int, epoch: int) -> Tensor:
 
 @torch.no_grad()
 def validation_loss(model: MSTDiffDenoiser, hybrid: HybridDiffusion, w0: Tensor, l0: Tensor,
-                    cfg: TrainConfig) -> dict[str, float]:
+                    cfg: TrainConfig, a0: Tensor | None = None) -> dict[str, float]:
     """Mean loss parts over up to ``val_batches`` batches with fixed noise (same every call)."""
     if w0.shape[0] == 0:
         return {}
@@ -275,12 +285,19 @@ def validation_loss(model: MSTDiffDenoiser, hybrid: HybridDiffusion, w0: Tensor,
     nb = 0
     for b in range(min(cfg.val_batches, math.ceil(w0.shape[0] / cfg.batch_size))):
         sl = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
-        _, parts = training_loss(model, hybrid, w0[sl], l0[sl], gen, cfg.loss_weights)
+        _, parts = training_loss(model, hybrid, w0[sl], l0[sl], gen, cfg.loss_weights,
+                                 a0=None if a0 is None else a0[sl], activity_weight=cfg.activity_weight)
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + float(v)
         nb += 1
     model.train(was)
     return {f"val_{k}": v / nb for k, v in sums.items()}
+
+
+def activity_process(config: ModelConfig) -> AbsorbingProcess | None:
+    """The slot activity stream of a model config (an absorbing process over its K classes), or None."""
+    K = config.denoiser.activity_classes
+    return AbsorbingProcess(K, config.gaussian.num_steps) if K else None
 
 
 def station_coordinates(ds: PreparedDataset) -> tuple[np.ndarray, np.ndarray] | None:
@@ -309,7 +326,8 @@ def build_model(config: ModelConfig, discrete: Any, vqvae: VQVAE | None, *, seed
                                station_embeddings=station_embeddings, generator=gen)
     if station_coords is not None:
         denoiser.set_station_coordinates_(*station_coords)
-    hybrid = HybridDiffusion(GaussianDiffusion(config.gaussian), discrete, config.hybrid)
+    hybrid = HybridDiffusion(GaussianDiffusion(config.gaussian), discrete, config.hybrid,
+                             activity=activity_process(config))
     return denoiser, hybrid
 
 
@@ -377,18 +395,25 @@ def _train(
         set_threads(cfg.num_threads)  # torch, Numba and DuckDB alike
     discrete = make_location_process(model_config.location, num_states=train.n_stations,
                                      num_steps=model_config.gaussian.num_steps, graph=discrete)
+    scaler = TrafficScaler.for_dataset(train)
     model_config = dataclasses.replace(
         model_config,
-        denoiser=dataclasses.replace(model_config.denoiser, num_stations=train.n_stations, seq_len=train.T,
-                                     mask_token=getattr(discrete, "mask_id", None) is not None),
+        denoiser=dataclasses.replace(
+            model_config.denoiser, num_stations=train.n_stations, seq_len=train.T,
+            mask_token=getattr(discrete, "mask_id", None) is not None,
+            activity_classes=scaler.activity_classes if model_config.activity else 0),
     )
     if main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", dump_yaml({"model": model_config, "train": cfg}))
 
-    scaler = TrafficScaler.for_dataset(train)
     w0, l0 = encode_series(train, scaler, device)
     wv, lv = encode_series(val, scaler, device) if val is not None else (w0[:0], l0[:0])
+    a0 = av = None
+    if model_config.activity:  # slot activity classes of the real traffic (zero / partial / full)
+        a0 = scaler.activity(torch.from_numpy(np.asarray(train.traffic, dtype=np.float32))).to(device)
+        av = (scaler.activity(torch.from_numpy(np.asarray(val.traffic, dtype=np.float32))).to(device)
+              if val is not None else a0[:0])
     denoiser, hybrid = build_model(model_config, discrete, vqvae, seed=cfg.seed,
                                    station_embeddings=station_embeddings,
                                    station_coords=station_coordinates(train))
@@ -443,7 +468,8 @@ def _train(
     if ctx.active:
         def probe(m: torch.nn.Module) -> Tensor:
             g = torch.Generator(device=device).manual_seed(cfg.seed + 104729)
-            return training_loss(m, hybrid, w0[:2], l0[:2], g, cfg.loss_weights)[0]
+            return training_loss(m, hybrid, w0[:2], l0[:2], g, cfg.loss_weights,
+                                 a0=None if a0 is None else a0[:2], activity_weight=cfg.activity_weight)[0]
 
         unused = distributed.unused_parameters(denoiser, probe)
         if unused and main:
@@ -475,7 +501,7 @@ def _train(
         epoch, batch = epoch + 1, 0
         if not main:
             return
-        vrec = validation_loss(cast(MSTDiffDenoiser, ema.shadow), hybrid, wv, lv, cfg)
+        vrec = validation_loss(cast(MSTDiffDenoiser, ema.shadow), hybrid, wv, lv, cfg, av)
         if vrec:
             history.append({"step": step, "epoch": epoch, **vrec})
             logger.info("epoch %d: %s", epoch, vrec)
@@ -495,7 +521,7 @@ def _train(
                 if order_epoch != epoch:
                     order, order_epoch = _epoch_order(U, cfg.seed, epoch).to(device), epoch
                 idx = order[batch * B:(batch + 1) * B]  # the global batch, the same on every rank
-                loss, parts, n_local = _local_loss(net, hybrid, w0, l0, idx, noise_gen, cfg, ctx)
+                loss, parts, n_local = _local_loss(net, hybrid, w0, l0, idx, noise_gen, cfg, ctx, a0)
                 opt.zero_grad(set_to_none=True)
                 if grad_scaler is not None:
                     grad_scaler.scale(loss).backward()
@@ -572,7 +598,7 @@ def _rank_streams(st: dict[str, Any], rank: int, world_size: int) -> dict[str, T
 
 def _local_loss(
     net: Any, hybrid: HybridDiffusion, w0: Tensor, l0: Tensor, idx: Tensor, noise_gen: torch.Generator,
-    cfg: TrainConfig, ctx: distributed.DistContext,
+    cfg: TrainConfig, ctx: distributed.DistContext, a0: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor], int]:
     """This rank's loss on its chunk of the global batch ``idx``, its parts and the chunk size.
 
@@ -581,14 +607,16 @@ def _local_loss(
     sample with weight 0, as DDP needs every rank in every backward pass).
     """
     if ctx.world_size == 1:
-        loss, parts = training_loss(net, hybrid, w0[idx], l0[idx], noise_gen, cfg.loss_weights)
+        loss, parts = training_loss(net, hybrid, w0[idx], l0[idx], noise_gen, cfg.loss_weights,
+                                    a0=None if a0 is None else a0[idx], activity_weight=cfg.activity_weight)
         return loss, parts, int(idx.numel())
     mine = distributed.local_chunk(idx, ctx.rank, ctx.world_size)
     n_local = int(mine.numel())
     weight = distributed.chunk_weight(n_local, int(idx.numel()), ctx.world_size)
     if n_local == 0:
         mine = idx[:1]
-    loss, parts = training_loss(net, hybrid, w0[mine], l0[mine], noise_gen, cfg.loss_weights)
+    loss, parts = training_loss(net, hybrid, w0[mine], l0[mine], noise_gen, cfg.loss_weights,
+                                a0=None if a0 is None else a0[mine], activity_weight=cfg.activity_weight)
     return (loss * weight if weight != 1.0 else loss), parts, n_local
 
 
