@@ -102,6 +102,9 @@ def test_step_zero_is_the_identity_and_step_S_the_stationary_law(case: Case):
     rowsS = case.proc.marginal(l0_all(), torch.tensor([S]))[0].double().numpy()
     tv = 0.5 * np.abs(rowsS - case.stationary).sum(-1).max()
     assert tv < 0.01
+    np.testing.assert_allclose(case.proc.stationary().double().numpy(), case.stationary, atol=1e-7)
+    prior = case.proc.sample_prior((50, 3), torch.Generator().manual_seed(0))
+    assert prior.shape == (50, 3) and (prior >= 0).all() and (prior < tokens(case)).all()
 
 
 def test_posterior_is_bayes_rule_on_the_dense_matrices(case: Case):

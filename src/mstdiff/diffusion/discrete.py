@@ -404,6 +404,11 @@ class GraphTransition(GraphOperator, nn.Module):
         with torch.no_grad():
             return categorical_sample(self.reverse_probs(logits_x0, l_s, s), generator)
 
+    def stationary(self) -> torch.Tensor:
+        """The stationary law the reverse process starts from: uniform over the N stations, ``Float[N]``
+        (``Q̄_S`` is within ``tv_bound()`` of it for every row)."""
+        return torch.full((self._n,), 1.0 / self._n, dtype=self.alpha.dtype, device=self.alpha.device)
+
     def sample_prior(
         self, shape: tuple[int, int], generator: torch.Generator | None = None,
         device: torch.device | str | None = None,

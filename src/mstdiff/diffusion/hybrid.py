@@ -132,12 +132,28 @@ class HybridStepOutput:
     a_prev: Tensor | None = None  # a_{s-1}, (B, T) long: the slot activity stream (None: no channel)
 
 
-class HybridSample(NamedTuple):
-    """Output of :meth:`HybridDiffusion.sample`."""
+class HybridSample(tuple):
+    """Output of :meth:`HybridDiffusion.sample`: unpacks as ``(w0, l0)``; ``a0`` as an attribute.
 
-    w0: Tensor  # wavelet coefficients (n, T); the series is mstdiff.models.wavelet.idwt(w0)
-    l0: Tensor  # station ids (n, T) long
-    a0: Tensor | None = None  # slot activity ids (n, T) long, with an activity channel
+    - ``w0``: wavelet coefficients ``(n, T)``; the series is ``mstdiff.models.wavelet.idwt(w0)``;
+    - ``l0``: station ids ``(n, T)`` long;
+    - ``a0``: slot activity ids ``(n, T)`` long with an activity stream, else None.
+    """
+
+    a0: Tensor | None
+
+    def __new__(cls, w0: Tensor, l0: Tensor, a0: Tensor | None = None) -> HybridSample:
+        obj = super().__new__(cls, (w0, l0))
+        obj.a0 = a0
+        return obj
+
+    @property
+    def w0(self) -> Tensor:
+        return self[0]
+
+    @property
+    def l0(self) -> Tensor:
+        return self[1]
 
 
 def sample_categorical(probs: Tensor, generator: torch.Generator | None) -> Tensor:

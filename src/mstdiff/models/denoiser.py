@@ -16,7 +16,13 @@ Reads top to bottom (DESIGN §1):
 4. location logits at full resolution, aligned with time: the finest stage's location tokens
    (length T/2) upsampled to T and added to a full-resolution path built from the location input
    itself, ``final_layers`` layers attending to themselves and to the finest traffic tokens, then
-   dot products with the station table: cost O(B·T·N·d), no (N, N) table anywhere.
+   dot products with the station table: cost O(B·T·N·d), no (N, N) table anywhere;
+5. with ``copy_head`` (default) those table logits are mixed, through a learned gate, with copying a
+   station of the sequence's own input and moving to one of its ``near_k`` nearest stations on the
+   map (:class:`CopyHead`); the output is then log-probabilities;
+6. with ``mask_token`` the location input has one more id, the absorbing process's mask (``N``);
+   with ``activity_classes = K`` the slot activity ids (K classes + a mask) are embedded into the
+   location stream and a head reads their logits ``(B, T, K)`` back from the full-resolution path.
 
 N only enters through the station table and the logits, so N = 5,000 costs 5,000·d parameters.
 

@@ -160,7 +160,8 @@ class MSTDiff:
             raise InputError(f"unknown sampling option(s) {bad}", where="sampling",
                              fix=f"use fields of model.hybrid: {sorted(known)}")
         hcfg = dataclasses.replace(self.hybrid.config, **options)
-        hybrid = HybridDiffusion(self.hybrid.gaussian, self.hybrid.discrete, hcfg, activity=self.hybrid.activity)
+        hybrid = HybridDiffusion(self.hybrid.gaussian, self.hybrid.discrete, hcfg,
+                                 activity=self.hybrid.activity)
         return MSTDiff(self.denoiser, hybrid, self.scaler, dataclasses.replace(self.config, hybrid=hcfg))
 
     @torch.no_grad()
