@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mstdiff.diffusion.common import check_steps, sample_categorical
 from mstdiff.errors import InputError
 
 ABSORBING_SCHEDULES = ("linear", "cosine")
@@ -61,15 +62,6 @@ def absorbing_schedule(num_steps: int, kind: str = "linear") -> np.ndarray:
                          fix=f"use one of {ABSORBING_SCHEDULES}")
     keep[0], keep[-1] = 1.0, 0.0
     return keep
-
-
-def _draw(probs: Tensor, generator: torch.Generator | None) -> Tensor:
-    """One inverse-CDF draw per row of ``probs (M, N)`` (float64 sums; uniforms on the generator's device)."""
-    cdf = probs.double().cumsum(-1)
-    gen_device = generator.device if generator is not None else probs.device
-    u = torch.rand(probs.shape[0], generator=generator, device=gen_device, dtype=torch.float64)
-    target = (u.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
-    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 class AbsorbingProcess(nn.Module):
@@ -120,17 +112,7 @@ class AbsorbingProcess(nn.Module):
 
     # ------------------------------------------------------------------ checks
     def _steps(self, loc: Tensor, s: Tensor | int, name: str, s_min: int = 0) -> Tensor:
-        if loc.dim() != 2:
-            raise ValueError(f"{name} must be Long[B, T], got shape {tuple(loc.shape)}")
-        s = torch.as_tensor(s, device=loc.device).long().reshape(-1)
-        if s.numel() == 1 and loc.shape[0] != 1:
-            s = s.expand(loc.shape[0])
-        if s.numel() != loc.shape[0]:
-            raise ValueError(f"s must have one step per sample: {s.numel()} for B = {loc.shape[0]}")
-        if s.numel() and (int(s.min()) < s_min or int(s.max()) > self._S):
-            raise ValueError(
-                f"timesteps must be in [{s_min}, {self._S}], got [{int(s.min())}, {int(s.max())}]")
-        return s
+        return check_steps(loc, s, name, self._S, s_min)
 
     # ------------------------------------------------------------------ forward process
     def q_sample(self, l0: Tensor, s: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -228,7 +210,7 @@ class AbsorbingProcess(nn.Module):
             out = l_s.clone().reshape(-1)
             if idx.numel():
                 probs = torch.softmax(logits_x0.reshape(b * t, self._n)[idx].float(), dim=-1)
-                out[idx] = _draw(probs, generator).to(out.device)
+                out[idx] = sample_categorical(probs, generator).to(out.device)
             return out.reshape(b, t)
         # confidence order: how many from the process, which ones from the network
         k = (masked & (coin < u_s[:, None])).sum(-1)  # (B,) ~ Binomial(#masked, u_s)
@@ -237,7 +219,7 @@ class AbsorbingProcess(nn.Module):
         if not idx.numel():
             return l_s.clone()
         probs = torch.softmax(logits_x0.reshape(b * t, self._n)[idx].float(), dim=-1)
-        x = _draw(probs, generator).to(out.device)
+        x = sample_categorical(probs, generator).to(out.device)
         score = torch.full((b * t,), -math.inf, device=l_s.device)
         score[idx] = probs.gather(-1, x[:, None].to(probs.device)).squeeze(-1).to(score.device)
         cand = torch.full((b * t,), self.mask_id, dtype=torch.long, device=l_s.device)

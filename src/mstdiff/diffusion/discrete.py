@@ -44,6 +44,7 @@ import torch
 from scipy import sparse
 from torch import nn
 
+from mstdiff.diffusion.common import check_steps
 from mstdiff.diffusion.graph_ops import (  # noqa: F401  (re-exported: the operator's names)
     CHEB_FLOP_COST,
     CHEB_TILE,
@@ -124,21 +125,7 @@ class GraphTransition(GraphOperator, nn.Module):
     b_crow: torch.Tensor  # CSR of B (off-diagonal rates) for q_sample
     b_col: torch.Tensor
     b_cum: torch.Tensor  # (nnz,) float64 cumulative rates
-    lam: torch.Tensor  # eig: (N,) float64 eigenvalues, descending (0 first)
-    V: torch.Tensor  # eig: (N, N) eigenvectors (columns)
-    exp_bar: torch.Tensor  # eig: (S+1, N) e^{ᾱ_s λ}
-    exp_step: torch.Tensor  # eig: (S+1, N) e^{α_s λ}
-    rank_bar: torch.Tensor  # eig: (S+1,) eigenpairs kept (e^{ᾱ_s λ} > tol)
-    rank_step: torch.Tensor
-    cheb_perm: torch.Tensor  # cheb: reverse Cuthill–McKee order of the states (Y is stored permuted)
-    cheb_inv: torch.Tensor  # its inverse
-    y_crow: torch.Tensor  # cheb: CSR of Y = I + 2R/ρ
-    y_col: torch.Tensor
-    y_val: torch.Tensor
-    coef_bar: torch.Tensor  # cheb: (S+1, m) Chebyshev coefficients for ᾱ_s
-    coef_step: torch.Tensor  # cheb: (S+1, m') for α_s
-    nterms_bar: torch.Tensor  # cheb: (S+1,) terms used
-    nterms_step: torch.Tensor
+    # the operator's buffers (eigenbasis, Chebyshev tables) are declared on GraphOperator
 
     def __init__(
         self,
@@ -231,17 +218,7 @@ class GraphTransition(GraphOperator, nn.Module):
         return p / p.sum(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
 
     def _check(self, loc: torch.Tensor, s: torch.Tensor, name: str, s_min: int = 0) -> torch.Tensor:
-        if loc.dim() != 2:
-            raise ValueError(f"{name} must be Long[B, T], got shape {tuple(loc.shape)}")
-        s = torch.as_tensor(s, device=loc.device).long().reshape(-1)
-        if s.numel() == 1 and loc.shape[0] != 1:
-            s = s.expand(loc.shape[0])
-        if s.numel() != loc.shape[0]:
-            raise ValueError(f"s must have one step per sample: {s.numel()} for B = {loc.shape[0]}")
-        if s.numel() and (int(s.min()) < s_min or int(s.max()) > self._S):
-            raise ValueError(
-                f"timesteps must be in [{s_min}, {self._S}], got [{int(s.min())}, {int(s.max())}]")
-        return s
+        return check_steps(loc, s, name, self._S, s_min)
 
     # ------------------------------------------------------------------ public API
     def propagate(self, probs: torch.Tensor, s: torch.Tensor, *, cumulative: bool = True) -> torch.Tensor:

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mstdiff.diffusion.common import sample_categorical
 from mstdiff.diffusion.gaussian import GaussianDiffusion, randn
 from mstdiff.errors import InputError
 
@@ -154,22 +155,6 @@ class HybridSample(tuple):
     @property
     def l0(self) -> Tensor:
         return self[1]
-
-
-def sample_categorical(probs: Tensor, generator: torch.Generator | None) -> Tensor:
-    """One draw per row of ``probs (..., N)`` (rows need not be normalised): Long[...].
-
-    Inverse-CDF sampling with one uniform per row, drawn on the generator's device, so the result
-    does not depend on where ``probs`` lives. A state of probability 0 is never drawn.
-    """
-    cdf = probs.double().cumsum(-1)  # (..., N); float64 keeps the cumulative sums exact enough
-    gen_device = generator.device if generator is not None else probs.device
-    u = torch.rand(probs.shape[:-1], generator=generator, device=gen_device, dtype=torch.float64).to(
-        probs.device
-    )
-    target = (u * cdf[..., -1]).unsqueeze(-1)  # (..., 1)
-    idx = torch.searchsorted(cdf, target, right=True).squeeze(-1)  # (...)
-    return idx.clamp_(max=probs.shape[-1] - 1)
 
 
 def sample_steps(
