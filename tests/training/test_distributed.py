@@ -100,7 +100,7 @@ def in_process(files: Path, out: Path, **kw):
 
 
 def final_raw_weights(out: Path) -> dict[str, torch.Tensor]:
-    return torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    return torch.load(out / "checkpoint.pt", weights_only=True)["model"]
 
 
 def emulate_ranks(files: Path, world_size: int) -> dict[str, torch.Tensor]:
@@ -202,8 +202,8 @@ def test_world_size_one_equals_plain_run(files, tmp_path, monkeypatch):
     for res in (env_run, caller):
         assert res.history == plain.history and res.steps == plain.steps
         for name in ("model.pt",):
-            a = torch.load(plain.out_dir / name, weights_only=False)["state_dict"]
-            b = torch.load(res.out_dir / name, weights_only=False)["state_dict"]
+            a = torch.load(plain.out_dir / name, weights_only=True)["state_dict"]
+            b = torch.load(res.out_dir / name, weights_only=True)["state_dict"]
             assert all(torch.equal(a[k], b[k]) for k in a)
         a, b = final_raw_weights(plain.out_dir), final_raw_weights(res.out_dir)
         assert all(torch.equal(a[k], b[k]) for k in a)
@@ -260,7 +260,7 @@ def two_ranks(files, tmp_path_factory):
 
 
 def load(path: Path) -> dict:
-    return torch.load(path, weights_only=False)
+    return torch.load(path, weights_only=True)
 
 
 def test_two_ranks_cli_outputs_and_rank_agreement(two_ranks):

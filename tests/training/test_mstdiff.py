@@ -46,7 +46,7 @@ def run(city, discrete, out, **kw):
 
 
 def weights(out):
-    return torch.load(out / "model.pt", weights_only=False)["state_dict"]
+    return torch.load(out / "model.pt", weights_only=True)["state_dict"]
 
 
 def test_same_seed_same_weights_and_seed_matters(city, discrete, tmp_path):
@@ -69,7 +69,7 @@ def test_resume_equals_uninterrupted(city, discrete, tmp_path):
         train_mstdiff(city, city.subset(np.arange(8)), discrete=discrete, vqvae=None,
                       model_config=model_config(), train_config=train_config(),
                       out_dir=tmp_path / "part", callback=interrupt)
-    assert torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)["step"] == 5
+    assert torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)["step"] == 5
     assert not (tmp_path / "part" / "model.pt").exists()
     resumed = train_mstdiff(city, city.subset(np.arange(8)), discrete=discrete, vqvae=None,
                             model_config=model_config(), train_config=train_config(),

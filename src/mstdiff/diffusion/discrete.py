@@ -58,6 +58,7 @@ from mstdiff.diffusion.graph_ops import (  # noqa: F401  (re-exported: the opera
 )
 from mstdiff.errors import InputError
 from mstdiff.io import atomic_write_bytes
+from mstdiff.torchio import load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -461,10 +462,7 @@ class GraphTransition(GraphOperator, nn.Module):
     def load(cls, path: str | os.PathLike[str], *, method: str | None = None) -> GraphTransition:
         """Read a file written by :meth:`save` (``method`` may override the saved one)."""
         path = Path(path)
-        if not path.exists():
-            raise InputError("transition file not found", where=str(path),
-                             fix="create it with `mstdiff kg transition`")
-        st = torch.load(path, map_location="cpu", weights_only=True)
+        st = load_torch_file(path, what="transition file", fix="create it with `mstdiff kg transition`")
         if st.get("format") != FORMAT:
             raise InputError("not a GraphTransition file", where=str(path))
         n = int(st["num_states"])
@@ -514,7 +512,8 @@ def max_tv_to_uniform(trans: GraphTransition, s: int | None = None, *, block: in
 
 
 def _validate_transition(path: Path) -> None:
-    st = torch.load(path / "transition.pt", map_location="cpu", weights_only=True)
+    st = load_torch_file(path / "transition.pt", what="transition file",
+                         fix="create it with `mstdiff kg transition`")
     if st.get("format") != FORMAT:
         raise ValueError("transition.pt is not a GraphTransition file")
 

@@ -35,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mstdiff.io import atomic_write_bytes
+from mstdiff.torchio import load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +211,8 @@ def _train(
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
         start, history = 0, []  # type: int, list[dict[str, float]]
         if ckpt_path is not None and ckpt_path.exists():
-            state = torch.load(ckpt_path, map_location=dev, weights_only=False)
+            state = load_torch_file(ckpt_path, what="TuckER resume checkpoint", map_location=dev,
+                                    fix="delete it to start TuckER afresh")
             if state.get("fingerprint") != fp:
                 logger.warning("checkpoint %s is for other data or settings: starting afresh", ckpt_path)
             else:

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from mstdiff.errors import InputError
 from mstdiff.io import atomic_write_bytes
 from mstdiff.models.wavelet import SCALES
+from mstdiff.torchio import load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -275,12 +276,9 @@ class VQVAE(nn.Module):
 
 def _read_checkpoint(path: str | os.PathLike[str], map_location: torch.device | str | None) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise InputError(
-            "VQ-VAE checkpoint not found", where=str(path), fix="run the VQ-VAE pre-training first"
-        )
-    payload = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(payload, dict) or payload.get("kind") != CHECKPOINT_KIND:
+    payload = load_torch_file(path, what="VQ-VAE checkpoint", map_location=map_location,
+                              fix="run the VQ-VAE pre-training first (`mstdiff vqvae`)")
+    if payload.get("kind") != CHECKPOINT_KIND:
         raise InputError(
             "not a mstdiff VQ-VAE checkpoint", where=str(path), fix="pass the file written by pretraining"
         )

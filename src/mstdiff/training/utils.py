@@ -13,7 +13,6 @@ import io
 import math
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from torch import nn
 
 from mstdiff.errors import InputError
 from mstdiff.io import atomic_write_bytes
+from mstdiff.torchio import from_plain, load_torch_file, to_plain
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -108,18 +108,22 @@ def lr_lambda(kind: str, total_steps: int, warmup_steps: int = 0, step_every: in
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
-    """``torch.save`` to a temp file then rename: a crash never leaves a truncated checkpoint."""
+    """``torch.save`` to a temp file then rename: a crash never leaves a truncated checkpoint.
+
+    numpy arrays are stored as tensors (:func:`mstdiff.torchio.to_plain`) so the file loads with
+    ``weights_only=True``."""
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save(to_plain(state), buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("checkpoint not found", where=str(path),
-                         fix="train first, or point to the run directory's checkpoint")
-    return torch.load(path, map_location=map_location, weights_only=False)
+def load_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu", *,
+    what: str = "checkpoint", fix: str = "train first, or point to the run directory's checkpoint",
+) -> dict[str, Any]:
+    """A file written by :func:`save_checkpoint`, read without running code
+    (:func:`mstdiff.torchio.load_torch_file`)."""
+    return from_plain(load_torch_file(path, what=what, fix=fix, map_location=map_location))
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
