@@ -29,7 +29,7 @@ def test_from_dict_nested_and_coercion():
 def test_unknown_key_names_path_and_valid_keys():
     with pytest.raises(InputError) as err:
         from_dict(Outer, {"inner": {"lrr": 1}}, where="run.yaml")
-    assert "lrr" in str(err.value) and "run.yaml.inner" in str(err.value) and "steps" in str(err.value)
+    assert "inner.lrr" in str(err.value) and "run.yaml" in str(err.value) and "steps" in str(err.value)
 
 
 def test_overrides_and_round_trip(tmp_path):

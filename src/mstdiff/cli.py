@@ -87,8 +87,8 @@ def info(directory: Path) -> None:
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Folder that receives train/, val/, test/ prepared datasets.")
-@click.option("--fractions", nargs=3, type=float, default=(0.8, 0.1, 0.1), show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--fractions", nargs=3, type=click.FloatRange(0, 1), default=(0.8, 0.1, 0.1), show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--overwrite", is_flag=True)
 def split(
     directory: Path, out: Path, fractions: tuple[float, float, float], seed: int, overwrite: bool
@@ -109,7 +109,8 @@ def split(
 @click.option("--generated", type=click.Path(path_type=Path), multiple=True, required=True,
               help="Generated dataset directory (repeatable); NAME=DIR names the row.")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the floor subsets.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the floor subsets.")
 @click.option("--no-plots", is_flag=True)
 @click.option("--overwrite", is_flag=True)
 def evaluate(real: Path, generated: tuple[Path, ...], out: Path, seed: int, no_plots: bool,
@@ -134,7 +135,7 @@ def kg() -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--poi-table", type=click.Path(path_type=Path), default=None,
               help="POI table matched to stations by nearest neighbour (e.g. llmapp_sample/location.csv).")
-@click.option("--poi-radius-km", type=float, default=0.5, show_default=True)
+@click.option("--poi-radius-km", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True)
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE", help="KGOptions field.")
 @click.option("--overwrite", is_flag=True)
 def kg_build(dataset: Path, out: Path, poi_table: Path | None, poi_radius_km: float,
@@ -252,10 +253,10 @@ def train(train_dir: Path, val_dir: Path | None, transition: Path, vqvae: Path |
               help="Training directory or its model.pt.")
 @click.option("--like", type=click.Path(path_type=Path), required=True,
               help="Prepared dataset whose station table the samples use (e.g. the train split).")
-@click.option("--n", type=int, required=True, help="Number of samples.")
+@click.option("--n", type=click.IntRange(min=1), required=True, help="Number of samples.")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True)
 @click.option("--sample", "sampling", multiple=True, metavar="KEY=VALUE",

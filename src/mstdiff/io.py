@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
+import glob
 import json
+import logging
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -17,6 +21,9 @@ from typing import Any
 import numpy as np
 
 from mstdiff import __version__
+from mstdiff.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 
 def _json_default(obj: Any) -> Any:
@@ -49,6 +56,32 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return json.load(fh)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _follow_umask(path: Path, *, directory: bool) -> None:
+    """``mkstemp``/``mkdtemp`` create 0600/0700 whatever the umask: give the result the mode an
+    ordinary ``open``/``mkdir`` would have, so colleagues can read a shared dataset."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+_WRITE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                 errno.EPERM: "permission denied"}
+
+
+def _write_error(exc: OSError, path: Path) -> InputError | OSError:
+    what = _WRITE_ERRORS.get(exc.errno or 0)
+    if what is None:
+        return exc
+    return InputError(f"cannot write here: {what}", where=str(path),
+                      fix="free some space or choose another --out on a writable disk")
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
@@ -56,18 +89,82 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write a file so that readers see either the old or the complete new content."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _write_error(exc, path) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        _follow_umask(Path(tmp), directory=False)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _write_error(exc, path) from None
         raise
+
+
+MIN_FREE_BYTES = 16 * 2**20  # refuse to start work on a disk with less free space than this
+
+
+def check_output_dir(path: str | os.PathLike[str], *, overwrite: bool = False, reuse: bool = False) -> Path:
+    """Check, before any work, that ``path`` can become an output directory: not an existing file,
+    not an existing directory (unless ``overwrite`` or ``reuse``), on a writable disk with space."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError("the output path exists and is a file, not a directory", where=str(path),
+                         fix="choose a directory path for --out")
+    if path.is_dir() and not (overwrite or reuse):
+        raise InputError("output directory already exists", where=str(path),
+                         fix="choose a new --out directory or pass --overwrite")
+    anchor = path
+    while not anchor.exists():
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise InputError(f"{anchor} is a file, so {path} cannot be created", where=str(path),
+                         fix="choose another --out")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write to {anchor} (read-only or no permission)", where=str(path),
+                         fix="choose another --out on a writable disk")
+    free = shutil.disk_usage(anchor).free
+    if free < MIN_FREE_BYTES:
+        raise InputError(f"the disk holding {anchor} is full ({free / 2**20:.1f} MiB free)", where=str(path),
+                         fix="free some space or choose another --out")
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_partials(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove ``.NAME.PID.*.partial`` (and ``.NAME.old-PID``) siblings of ``path`` left by a process
+    that no longer runs (a stage killed with ``kill -9``); return what was removed."""
+    path = Path(path)
+    removed: list[Path] = []
+    if not path.parent.is_dir():
+        return removed
+    for p in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        m = re.fullmatch(rf"\.{re.escape(path.name)}\.(?:old-)?(\d+)(?:\..*\.partial)?", p.name)
+        legacy = re.fullmatch(rf"\.{re.escape(path.name)}\.[^.]+\.partial", p.name)
+        if not p.is_dir() or not (m or legacy):
+            continue
+        if m and _pid_alive(int(m.group(1))):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
 
 
 @contextlib.contextmanager
@@ -75,20 +172,22 @@ def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iter
     """Yield a temporary sibling directory that is renamed to ``path`` on success.
 
     An exception (or Ctrl-C) inside the block removes the temporary directory, so an interrupted
-    stage never leaves a half-written output behind. If ``path`` exists it is replaced only when
-    ``overwrite`` is true; otherwise :class:`FileExistsError` is raised before any work is done.
+    stage never leaves a half-written output behind; one killed outright (``kill -9``) leaves a
+    ``.NAME.PID.*.partial`` directory that the next run of the stage removes. If ``path`` exists it
+    is replaced only when ``overwrite`` is true; otherwise :class:`InputError` is raised before any
+    work is done, as for an output path that is a file or on a read-only or full disk.
     """
-    from mstdiff.errors import InputError
-
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise InputError(
-            "output directory already exists",
-            where=str(path),
-            fix="choose a new --out directory or pass --overwrite",
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
+    check_output_dir(path, overwrite=overwrite)
+    for p in remove_stale_partials(path):
+        logger.info("removed %s, left by an interrupted run", p)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
+                                    suffix=".partial"))
+    except OSError as exc:
+        raise _write_error(exc, path) from None
+    _follow_umask(tmp, directory=True)
     try:
         yield tmp
         if path.exists():
@@ -98,9 +197,36 @@ def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iter
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise _write_error(exc, path) from None
         raise
+
+
+@contextlib.contextmanager
+def log_to_file(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Copy what the package logs (INFO and above) into ``path`` (appended) inside the block."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    pkg = logging.getLogger("mstdiff")
+    old_level = pkg.level
+    if pkg.getEffectiveLevel() > logging.INFO:
+        pkg.setLevel(logging.INFO)  # the file gets INFO even when the terminal shows warnings only
+        for h in logging.getLogger().handlers:
+            if h.level == logging.NOTSET:
+                h.setLevel(logging.getLogger().level)
+    pkg.addHandler(handler)
+    try:
+        yield
+    finally:
+        pkg.removeHandler(handler)
+        pkg.setLevel(old_level)
+        handler.close()
+    _follow_umask(path, directory=False)
 
 
 def command_line() -> str:

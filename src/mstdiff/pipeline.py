@@ -22,16 +22,30 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import yaml
 
-from mstdiff.config import apply_overrides, deep_merge, dump_yaml, from_dict, load_yaml, to_dict
+from mstdiff.config import (
+    Check,
+    apply_overrides,
+    between,
+    check_kwargs,
+    deep_merge,
+    dump_yaml,
+    from_dict,
+    ge,
+    gt,
+    load_yaml,
+    load_yaml_located,
+    locate,
+    to_dict,
+)
 from mstdiff.data.dataset import PreparedDataset, save_splits
 from mstdiff.errors import InputError
-from mstdiff.io import atomic_write_text, run_meta, write_json
+from mstdiff.io import atomic_write_text, check_output_dir, log_to_file, read_json, run_meta, write_json
 from mstdiff.models.vqvae import VQVAE, VQVAEConfig
 from mstdiff.training.mstdiff import (
     ModelConfig,
@@ -48,6 +62,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class DataConfig:
+    CHECKS: ClassVar[dict[str, Check]] = {"split": between(0, 1), "split_seed": ge(0)}
+
     source: str = "synthetic"  # shanghai-telecom | app-usage | csv | synthetic
     raw: str | None = None  # raw input (relative paths: from the working directory)
     options: dict[str, Any] = field(default_factory=dict)  # reader options (see README)
@@ -57,6 +73,8 @@ class DataConfig:
 
 @dataclass
 class KGStageConfig:
+    CHECKS: ClassVar[dict[str, Check]] = {"poi_radius_km": gt(0)}
+
     poi_table: str | None = None  # optional POI table attached by nearest neighbour (Shanghai)
     poi_radius_km: float = 0.5  # radius of that match
     build: dict[str, Any] = field(default_factory=dict)  # KGOptions fields
@@ -66,6 +84,8 @@ class KGStageConfig:
 
 @dataclass
 class GenerateConfig:
+    CHECKS: ClassVar[dict[str, Check]] = {"n": ge(1), "batch_size": ge(1), "seed": ge(0)}
+
     n: int | None = None  # samples to generate (None: as many as the test split)
     batch_size: int = 256  # samples per sampling batch (memory is bounded by this)
     seed: int = 0  # sampling seed
@@ -75,6 +95,8 @@ class GenerateConfig:
 
 @dataclass
 class EvaluateConfig:
+    CHECKS: ClassVar[dict[str, Check]] = {"seed": ge(0)}
+
     seed: int = 0  # seed of the floor subsets
     plots: bool = True  # write PNG plots
 
@@ -90,13 +112,100 @@ class RunConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
+def check_run_config(config: RunConfig, origins: dict[str, str] | None = None) -> None:
+    """The checks of a run config that go beyond one field's type and range, done at load time so
+    that a mistake stops the run before any stage: the data source and paths, the split, the option
+    sections passed on to stages (``kg.build``/``embed``/``transition``, ``generate.sampling``), the
+    device, and for a benchmark its model names, variants and baseline configs."""
+    from mstdiff.data.prepare import SOURCES
+    from mstdiff.diffusion.discrete import transition_dir
+    from mstdiff.diffusion.hybrid import HybridConfig
+    from mstdiff.kg.stages import embed_kg_dir
+    from mstdiff.kg.triples import KGOptions
+    from mstdiff.kg.tucker import TuckerConfig
+    from mstdiff.training.utils import resolve_device
+
+    origins = origins or {}
+
+    def err(key: str, what: str, fix: str) -> InputError:
+        return InputError(what, where=locate(origins, key, "config"), fix=fix)
+
+    d = config.data
+    if d.source not in SOURCES:
+        raise err("data.source", f"data.source = {d.source!r} is unknown", f"use one of {list(SOURCES)}")
+    if d.source != "synthetic":
+        if d.raw is None:
+            raise err("data.source", f"data.raw is required for source {d.source!r}",
+                      "set data.raw to the folder or file of raw records")
+        if not Path(d.raw).exists():
+            raise err("data.raw", f"data.raw = {d.raw!r} does not exist (from {os.getcwd()})",
+                      "check the path; relative paths are from the working directory")
+    if any(f < 0 for f in d.split) or abs(sum(d.split) - 1.0) > 1e-6:
+        raise err("data.split", f"data.split = {list(d.split)} must be three fractions >= 0 summing to 1",
+                  "e.g. [0.8, 0.1, 0.1]")
+    if config.kg.poi_table is not None and not Path(config.kg.poi_table).is_file():
+        raise err("kg.poi_table", f"kg.poi_table = {config.kg.poi_table!r} is not a file",
+                  "check the path, or remove kg.poi_table")
+    if config.kg.poi_radius_km <= 0:
+        raise err("kg.poi_radius_km", f"kg.poi_radius_km = {config.kg.poi_radius_km}", "use a radius > 0")
+    from_dict(KGOptions, config.kg.build, origins=origins, prefix="kg.build.")
+    embed, stage_keys = dict(config.kg.embed), ("holdout", "split_seed")
+    check_kwargs(embed_kg_dir, {k: v for k, v in embed.items() if k in stage_keys}, "kg.embed.",
+                 origins=origins, checks={"holdout": between(0, 1, open_hi=True), "split_seed": ge(0)})
+    from_dict(TuckerConfig, {k: v for k, v in embed.items() if k not in stage_keys}, origins=origins,
+              prefix="kg.embed.")
+    if "num_steps" in config.kg.transition:
+        raise err("kg.transition.num_steps", "kg.transition.num_steps is set from model.gaussian.num_steps",
+                  "remove num_steps there (both branches share S)")
+    check_kwargs(transition_dir, config.kg.transition, "kg.transition.", origins=origins,
+                 exclude=("overwrite", "num_steps"),
+                 checks={"k": ge(1), "eps": gt(0), "tv_target": between(0, 1, open_lo=True),
+                         "dist_quantile": between(0, 1, open_lo=True), "max_dist": gt(0)})
+    bad = sorted(set(config.generate.sampling) - {f.name for f in dataclasses.fields(HybridConfig)})
+    if bad:
+        raise err(f"generate.sampling.{bad[0]}", f"unknown sampling option(s) {bad}",
+                  f"use fields of model.hybrid: {sorted(f.name for f in dataclasses.fields(HybridConfig))}")
+    from_dict(HybridConfig, {**to_dict(config.model.hybrid), **config.generate.sampling}, origins=origins,
+              prefix="generate.sampling.")
+    try:
+        resolve_device(config.train.device)
+    except InputError as exc:
+        raise err("train.device", exc.what, exc.fix or "") from None
+    if isinstance(config, BenchmarkConfig):
+        from mstdiff.baselines import make_baseline
+
+        if not config.models:
+            raise err("models", "models is empty", "list at least one model, e.g. [mstdiff, dit+markov]")
+        for name in config.variants:
+            variant_config(config, name)
+        for name in config.models:
+            if name == "mstdiff" or name in config.variants:
+                continue
+            try:
+                make_baseline(name, baseline_config(name, config))
+            except InputError as exc:
+                raise InputError(f"models: {name!r}: {exc.what}",
+                                 where=locate(origins, f"baselines.{name}", locate(origins, "models")),
+                                 fix=exc.fix) from None
+        unused = sorted(set(config.baselines) - set(config.models))
+        if unused:
+            logger.warning("baselines %s are configured but not in models: they are not run", unused)
+
+
 def load_run_config(
     path: str | os.PathLike[str] | None, overrides: tuple[str, ...] | list[str] = (),
     cls: type[RunConfig] = RunConfig,
 ) -> Any:
-    """A ``cls`` config from a YAML file (or defaults) with ``section.key=value`` overrides."""
-    data = apply_overrides(load_yaml(path) if path is not None else {}, list(overrides))
-    return from_dict(cls, data, where=str(path) if path else "config")
+    """A ``cls`` config from a YAML file (or defaults) with ``section.key=value`` overrides.
+
+    Every value is checked here, before any stage runs (:func:`check_run_config`): errors name the
+    key, the value, the allowed range and where it came from (``file.yaml:LINE`` or ``--set``).
+    """
+    data, origins = load_yaml_located(path) if path is not None else ({}, {})
+    data = apply_overrides(data, list(overrides), origins)
+    config = from_dict(cls, data, where=str(path) if path else "config", origins=origins)
+    check_run_config(config, origins)
+    return config
 
 
 def _stage(name: str, timings: dict[str, float]) -> Any:
@@ -209,12 +318,24 @@ def train_and_generate_mstdiff(config: RunConfig, out: Path, st: Stages, model_d
 
 def run_pipeline(config: RunConfig, out: str | os.PathLike[str], *, overwrite: bool = False,
                  progress: bool = True) -> dict[str, Any]:
-    """Run every stage into ``out`` (skipping stages already done); return the top-level meta."""
+    """Run every stage into ``out`` (skipping stages already done, the evaluation included: a
+    finished run directory is reported, not recomputed); return the top-level meta. What the stages
+    log goes to ``out/log.txt`` too."""
+    out = check_output_dir(out, reuse=True)
+    _start_run_dir(config, out, overwrite)
+    with log_to_file(out / "log.txt"):
+        return _run_pipeline(config, out, progress)
+
+
+def _run_pipeline(config: RunConfig, out: Path, progress: bool) -> dict[str, Any]:
     from mstdiff.metrics.evaluate import evaluate
 
-    out = Path(out)
-    _start_run_dir(config, out, overwrite)
     timings: dict[str, float] = {}
+    if (out / "meta.json").exists() and (out / "evaluate" / "metrics.md").exists():
+        logger.info("run %s is finished: nothing to do (pass --overwrite to start again)", out)
+        meta = read_json(out / "meta.json")
+        meta["table"] = (out / "evaluate" / "metrics.md").read_text(encoding="utf-8")
+        return meta
     st = run_shared_stages(config, out, timings, progress=progress)
     n = config.generate.n or st.test.n_samples
     gen = train_and_generate_mstdiff(config, out, st, out, n, timings, progress=progress)
@@ -312,9 +433,7 @@ def run_benchmark(config: BenchmarkConfig, out: str | os.PathLike[str], *, overw
     Baselines that produce one modality only must be paired (``csdi+markov``): the joint metrics
     need both. A model whose output exists is not trained again.
     """
-    from mstdiff.baselines import generate_dataset, make_baseline
-    from mstdiff.metrics.evaluate import evaluate
-    from mstdiff.training.mstdiff import peak_rss_mb
+    from mstdiff.baselines import make_baseline
 
     out = Path(out)
     if not config.models:
@@ -328,7 +447,18 @@ def run_benchmark(config: BenchmarkConfig, out: str | os.PathLike[str], *, overw
             raise InputError(
                 f"baseline {name!r} produces only {sorted(model.produces)}", where="models",
                 fix="pair a traffic model with a trajectory model, e.g. csdi+markov")
+    check_output_dir(out, reuse=True)
     _start_run_dir(config, out, overwrite)
+    with log_to_file(out / "log.txt"):
+        return _run_benchmark(config, out, variants, baselines, progress)
+
+
+def _run_benchmark(config: BenchmarkConfig, out: Path, variants: dict[str, RunConfig],
+                   baselines: dict[str, Any], progress: bool) -> dict[str, Any]:
+    from mstdiff.baselines import generate_dataset
+    from mstdiff.metrics.evaluate import evaluate
+    from mstdiff.training.mstdiff import peak_rss_mb
+
     timings: dict[str, float] = {}
     st = run_shared_stages(config, out, timings, progress=progress, need_mstdiff=bool(variants))
     n = config.generate.n or st.test.n_samples

@@ -177,3 +177,11 @@ def test_activity_channel_trains_and_its_classes_set_the_traffic_atoms(city, dis
     sharp = model.with_sampling(location_temperature=0.8)  # keeps the activity stream
     assert sharp.hybrid.activity is model.hybrid.activity
     generate(sharp, city, 4, tmp_path / "g", seed=0, batch_size=4, progress=False)
+
+
+def test_sampling_reports_every_reverse_step(city, discrete, tmp_path):
+    res = run(city, discrete, tmp_path / "m", epochs=1)
+    model = MSTDiff.load(res.out_dir / "model.pt")
+    ticks: list[int] = []
+    model.sample(3, generator=torch.Generator().manual_seed(0), on_step=lambda: ticks.append(1))
+    assert len(ticks) == model.hybrid.num_steps

@@ -31,6 +31,8 @@ from tqdm.auto import tqdm
 
 from mstdiff.baselines._ddpm import BETA_SCHEDULES, DDPMSchedule
 from mstdiff.baselines.base import Baseline, GeneratedSeries, one_of, positive
+from mstdiff.config import Check, between, ge, gt
+from mstdiff.config import one_of as choice
 from mstdiff.data.dataset import PreparedDataset
 from mstdiff.data.scaling import TrafficScaler
 from mstdiff.errors import InputError
@@ -48,6 +50,13 @@ __all__ = ["DiffusionBaseline", "DiffusionConfig", "TrainConfig"]
 @dataclass
 class TrainConfig:
     """Optimisation settings shared by the learned baselines."""
+
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "epochs": ge(0), "max_steps": ge(0), "batch_size": ge(1), "lr": gt(0), "weight_decay": ge(0),
+        "lr_schedule": choice("cosine", "step", "constant"), "warmup_steps": ge(0),
+        "ema_decay": between(0, 1, open_hi=True), "threads": ge(1), "seed": ge(0),
+        "sample_batch_size": ge(1), "val_max_samples": ge(1),
+    }
 
     epochs: int = 50  # passes over the training set
     max_steps: int | None = None  # stop after this many optimiser steps (None: epochs decide)
@@ -83,6 +92,11 @@ class TrainConfig:
 @dataclass
 class DiffusionConfig:
     """The DDPM noise schedule of a learned baseline."""
+
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "steps": ge(1), "beta_schedule": choice(*BETA_SCHEDULES), "beta_start": gt(0), "beta_end": gt(0),
+        "variance": choice("posterior", "beta"),
+    }
 
     steps: int = 50  # diffusion steps S
     beta_schedule: str = "quadratic"  # linear | quadratic | cosine

@@ -26,7 +26,7 @@ from typing import Any
 
 from mstdiff.data.dataset import PreparedDataset, normalisation_stats
 from mstdiff.errors import InputError
-from mstdiff.io import run_meta
+from mstdiff.io import check_output_dir, run_meta
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,8 @@ def prepare(
     """
     fn = reader(source)
     _check_options(source, fn, options)
-    if out is not None and Path(out).exists() and not overwrite:
-        raise InputError("output directory already exists", where=str(out),
-                         fix="choose a new --out directory or pass --overwrite")
+    if out is not None:
+        check_output_dir(out, overwrite=overwrite)  # before reading: a bad --out fails at once
     t0 = time.perf_counter()
     if source == "synthetic":
         if raw is not None:

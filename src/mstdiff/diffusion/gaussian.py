@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mstdiff.config import Check, between, ge, gt
 from mstdiff.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,11 @@ logger = logging.getLogger(__name__)
 @dataclass
 class GaussianConfig:
     """Schedule of the traffic branch."""
+
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "num_steps": ge(1), "beta_start": between(0, 1, open_lo=True, open_hi=True),
+        "beta_end": between(0, 1, open_lo=True, open_hi=True), "clip_denoised": gt(0),
+    }
 
     num_steps: int = 50  # S, diffusion steps (paper and CSDI: 50)
     beta_start: float = 1e-4  # β_1, noise of the first step (CSDI)

@@ -30,12 +30,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mstdiff.config import Check, gt, one_of
 from mstdiff.diffusion.common import sample_categorical
 from mstdiff.diffusion.gaussian import GaussianDiffusion, randn
 from mstdiff.errors import InputError
@@ -82,6 +83,12 @@ Denoiser = Callable[..., Any]  # model(w_s, loc, s[, activity=a_s]) -> DenoiserO
 @dataclass
 class HybridConfig:
     """How the two processes are combined."""
+
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "location_input": one_of(*LOCATION_INPUTS), "final_location": one_of(*FINAL_LOCATIONS),
+        "location_draw": one_of(*LOCATION_DRAWS), "location_temperature": gt(0),
+        "unmask_order": one_of("random", "confidence"),
+    }
 
     location_input: str = "sampled"  # "sampled": network gets ids l_s (D3PM); "soft": probabilities (paper)
     final_location: str = "sample"  # last step: "sample" l0 from p_θ(l0 | l_1) or take its "argmax"
@@ -293,12 +300,14 @@ class HybridDiffusion:
         *,
         device: torch.device | str | None = None,
         progress: bool = False,
+        on_step: Callable[[], None] | None = None,
     ) -> HybridSample:
         """Algorithm 2: ``w_S ~ N(0, I)``, ``l_S`` from the process's stationary law (uniform for the
         graph process, all masked for the absorbing one); for s = S..1 one network call and one step.
 
         Runs the model in eval mode (restoring its mode afterwards). ``device`` defaults to the
-        device of the Gaussian schedule's buffers.
+        device of the Gaussian schedule's buffers. ``on_step`` is called after every reverse step
+        (for a caller's progress bar).
         """
         device = torch.device(device) if device is not None else self.gaussian.betas.device
         N, S = self.num_states, self.num_steps
@@ -327,6 +336,8 @@ class HybridDiffusion:
                 out = model(w, loc_in, s) if a is None else model(w, loc_in, s, activity=a)
                 nxt = self.step(out, w, l, s, generator, cache, a_s=a)
                 w, l, a = nxt.w_prev, nxt.l_prev, nxt.a_prev
+                if on_step is not None:
+                    on_step()
                 if soft:
                     assert nxt.l_prev_probs is not None
                     probs = nxt.l_prev_probs

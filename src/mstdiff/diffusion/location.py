@@ -14,8 +14,9 @@ property-test template (``tests/diffusion/test_processes.py``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from mstdiff.config import Check, one_of
 from mstdiff.diffusion.absorbing import ABSORBING_SCHEDULES, AbsorbingProcess
 from mstdiff.errors import InputError
 
@@ -25,6 +26,9 @@ LOCATION_PROCESSES = ("absorbing", "graph")
 @dataclass
 class LocationConfig:
     """The location branch's noise process."""
+
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "process": one_of(*LOCATION_PROCESSES), "schedule": one_of(*ABSORBING_SCHEDULES)}
 
     process: str = "absorbing"  # "absorbing" (masked, carry-over) | "graph" (the paper's KG process)
     schedule: str = "linear"  # absorbing: keep-probability 1 − s/S ("linear", MDLM) or cos(πs/2S)

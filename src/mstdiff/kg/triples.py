@@ -35,7 +35,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import Delaunay, QhullError, cKDTree
 
+from mstdiff.config import Check, between, ge, gt
 from mstdiff.errors import InputError
 from mstdiff.io import atomic_write_text, read_json, write_json
 
@@ -430,6 +431,12 @@ class KnowledgeGraph:
 @dataclass
 class KGOptions:
     """Parameters of :func:`build_knowledge_graph` (saved in ``meta.json``)."""
+
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "cell_km": gt(0), "border_max_km": gt(0), "area_quantile": between(0, 1), "area_link_km": gt(0),
+        "area_min_size": ge(1), "served_radius_km": gt(0), "served_min_count": ge(0),
+        "served_min_lq": ge(0), "ref_lat": between(-90, 90), "ref_lon": between(-180, 180),
+    }
 
     cell_km: float = 1.0  # grid cell side for BaseLocateAt (ignored when stations have `region`)
     border_max_km: float = 3.0  # longest Delaunay edge kept as BaseBorderBy (~90 % of Shanghai's)

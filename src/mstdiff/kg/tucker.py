@@ -27,13 +27,14 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mstdiff.config import Check, between, ge, gt
 from mstdiff.io import atomic_write_bytes
 from mstdiff.torchio import load_torch_file
 
@@ -49,6 +50,14 @@ class TuckerConfig:
     ``BaseLocateAt``) stayed at random-level MRR after 60 epochs; with these defaults they reach about
     0.11 and 0.5 (held-out filtered MRR).
     """
+
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "entity_dim": ge(1), "relation_dim": ge(1), "epochs": ge(0), "batch_size": ge(2), "lr": gt(0),
+        "lr_decay": between(0, 1, open_lo=True), "label_smoothing": between(0, 1, open_hi=True),
+        "input_dropout": between(0, 1, open_hi=True), "hidden_dropout1": between(0, 1, open_hi=True),
+        "hidden_dropout2": between(0, 1, open_hi=True), "seed": ge(0), "checkpoint_every": ge(1),
+        "num_threads": ge(1),
+    }
 
     entity_dim: int = 64  # d_e: size of entity (and station) embeddings
     relation_dim: int = 32  # d_r: size of relation embeddings

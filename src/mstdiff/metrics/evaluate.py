@@ -28,7 +28,7 @@ import pandas as pd
 
 from mstdiff.data.dataset import PreparedDataset
 from mstdiff.errors import InputError
-from mstdiff.io import atomic_dir, atomic_write_text, run_meta, write_json
+from mstdiff.io import atomic_dir, atomic_write_text, check_output_dir, run_meta, write_json
 from mstdiff.metrics import joint, traffic, trajectory
 from mstdiff.metrics.joint import LocationClasses, location_classes
 
@@ -340,6 +340,8 @@ def evaluate(
     With ``out``, writes ``metrics.json``, ``metrics.md`` and (``plots``) ``plots/*.png`` into the
     directory atomically; an existing non-empty ``out`` needs ``overwrite=True``.
     """
+    if out is not None:  # before the work: a file, a read-only or a full disk as --out fails at once
+        check_output_dir(out, overwrite=overwrite, reuse=Path(out).is_dir() and not any(Path(out).iterdir()))
     t0 = time.perf_counter()
     _check_generated(real, generated)
     if real.n_samples == 0:

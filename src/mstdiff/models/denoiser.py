@@ -41,12 +41,14 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mstdiff.config import Check, between, ge, gt, one_of
 from mstdiff.data import check_T
 from mstdiff.errors import InputError
 from mstdiff.models.vqvae import VQVAE, init_weights_
@@ -58,6 +60,13 @@ logger = logging.getLogger(__name__)
 @dataclass
 class DenoiserConfig:
     """Architecture of :class:`MSTDiffDenoiser` (nanoGPT-style: one comment per default)."""
+
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "num_stations": ge(0), "seq_len": ge(1), "d_model": ge(1), "n_heads": ge(1),
+        "layers_per_stage": ge(0), "final_layers": ge(0), "mlp_ratio": ge(1),
+        "dropout": between(0, 1, open_hi=True), "init_std": gt(0), "location_head": one_of("cosine", "dot"),
+        "near_k": ge(0), "activity_classes": ge(0),
+    }
 
     num_stations: int = 0  # N, number of base stations; 0 = not set yet: fill in from the dataset
     seq_len: int = 48  # T, time bins per sample (48 = a day at 30 min, 336 = a week); multiple of 8

@@ -31,13 +31,14 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from mstdiff.config import Check, ge, gt, one_of
 from mstdiff.errors import InputError
 from mstdiff.io import atomic_write_bytes
 from mstdiff.models.wavelet import SCALES
@@ -95,6 +96,12 @@ def init_weights_(module: nn.Module, generator: torch.Generator | None = None, *
 @dataclass
 class VQVAEConfig:
     """VQ-VAE architecture and pre-training settings (one config for both, saved in checkpoints)."""
+
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "scale": one_of(*SCALES), "hidden": ge(1), "code_dim": ge(1), "num_codes": ge(2),
+        "num_res_blocks": ge(0), "beta": ge(0), "codebook_init": one_of("data", "uniform"),
+        "epochs": ge(0), "batch_size": ge(1), "lr": gt(0), "weight_decay": ge(0),
+    }
 
     scale: str = "cA3"  # which coefficient set it encodes; cA3 (T/8 smooth trend) as in the paper
     hidden: int = 64  # channels of the conv encoder/decoder; the input has 1 channel and L <= 42

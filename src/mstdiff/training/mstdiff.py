@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from numpy.lib.format import open_memmap
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mstdiff.config import dump_yaml, from_dict, to_dict
+from mstdiff.config import Check, between, dump_yaml, from_dict, ge, gt, one_of, to_dict
 from mstdiff.data.dataset import PreparedDataset, normalisation_stats
 from mstdiff.data.scaling import TrafficScaler
 from mstdiff.diffusion.absorbing import AbsorbingProcess
@@ -66,6 +66,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "epochs": ge(0), "max_steps": ge(0), "batch_size": ge(1), "lr": gt(0), "weight_decay": ge(0),
+        "schedule": one_of("cosine", "step", "constant"), "warmup_steps": ge(0), "grad_clip": ge(0),
+        "ema_decay": between(0, 1, open_hi=True), "loss_weights": ge(0), "val_batches": ge(0),
+        "checkpoint_every": ge(1), "log_every": ge(1), "seed": ge(0), "num_threads": ge(1),
+        "calibration_samples": ge(0), "calibration_batch_size": ge(1), "activity_weight": ge(0),
+    }
+
     epochs: int = 20  # passes over the training samples
     max_steps: int | None = None  # stop after this many optimiser steps (None: run all epochs)
     batch_size: int = 64  # samples per optimiser step (the global batch: split over torchrun's K ranks)
@@ -168,10 +176,12 @@ class MSTDiff:
     def sample(
         self, n: int, *, generator: torch.Generator, device: torch.device | str | None = None,
         progress: bool = False,
+        on_step: Callable[[], None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Algorithm 2 for ``n`` samples: traffic ``(n, T)`` float32 ≥ 0 and station ids ``(n, T)``."""
         T = self.config.denoiser.seq_len
-        out = self.hybrid.sample(self.denoiser, n, T, generator, device=device, progress=progress)
+        out = self.hybrid.sample(self.denoiser, n, T, generator, device=device, progress=progress,
+                                 on_step=on_step)
         x = idwt(out.w0)
         traffic = (self.scaler.decode(x) if out.a0 is None
                    else self.scaler.decode_with_activity(x, out.a0)).float().cpu().numpy()
@@ -543,6 +553,8 @@ def _train(
                 for k, v in values.items():
                     running[k] = running.get(k, 0.0) + v
                 running["n"] = running.get("n", 0.0) + 1
+                # the bar shows this step's loss (tqdm redraws at most a few times per second)
+                bar.set_postfix(loss=f"{values['total']:.4f}", refresh=False)
                 bar.update(1)
                 if callback is not None:
                     callback(step, dict(values))
@@ -551,7 +563,6 @@ def _train(
                     rec = {"step": step, "epoch": epoch, "lr": float(sched.get_last_lr()[0]),
                            **{k: v / n for k, v in running.items()}}
                     history.append(rec)
-                    bar.set_postfix(loss=f"{rec['total']:.4f}")
                     running = {}
                 if step % cfg.checkpoint_every == 0:
                     checkpoint()
@@ -667,13 +678,16 @@ def generate(
     with atomic_dir(out, overwrite=overwrite) as tmp:
         traffic = open_memmap(tmp / "traffic.npy", mode="w+", dtype=np.float32, shape=(n, T))
         locations = open_memmap(tmp / "locations.npy", mode="w+", dtype=np.int32, shape=(n, T))
-        with tqdm(total=n, desc="generate", unit="sample", disable=not progress) as bar:
+        batches = -(-n // batch_size)
+        # one tick per reverse diffusion step of every batch: the bar moves within a batch too
+        with tqdm(total=batches * model.hybrid.num_steps, desc="generate", unit="step",
+                  disable=not progress) as bar:
             for start in range(0, n, batch_size):
                 k = min(batch_size, n - start)
-                tr, lo = model.sample(k, generator=gen, device=dev)
+                tr, lo = model.sample(k, generator=gen, device=dev, on_step=lambda: bar.update(1))
                 traffic[start:start + k] = tr
                 locations[start:start + k] = lo
-                bar.update(k)
+                bar.set_postfix(samples=f"{start + k}/{n}")
         traffic.flush()
         locations.flush()
         seconds = time.perf_counter() - t0
