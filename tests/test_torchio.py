@@ -136,3 +136,36 @@ def test_no_loader_in_the_package_uses_the_unrestricted_unpickler():
             offenders.append(p.name)
     assert offenders == []
     assert pickle  # the module is used by the payload class above
+
+
+def test_model_file_of_another_shape_is_an_incompatible_version(tmp_path):
+    from mstdiff.data.synthetic import synthetic_city as city
+    from mstdiff.models.denoiser import DenoiserConfig
+    from mstdiff.training.mstdiff import ModelConfig, TrainConfig, train_mstdiff
+
+    ds = city(n_users=6, n_stations=14, days=1, seed=1)
+    mcfg = ModelConfig(denoiser=DenoiserConfig(d_model=8, n_heads=2, layers_per_stage=1, final_layers=1,
+                                               use_vqvae=False))
+    train_mstdiff(ds, None, discrete=None, vqvae=None, model_config=mcfg, out_dir=tmp_path / "m",
+                  train_config=TrainConfig(epochs=1, batch_size=6, device="cpu", progress=False,
+                                           calibration_samples=0))
+    payload = torch.load(tmp_path / "m" / "model.pt", weights_only=True)
+    payload["state_dict"] = {k: v[..., :1] if v.ndim else v for k, v in payload["state_dict"].items()}
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(InputError, match="incompatible version"):
+        MSTDiff.load(tmp_path / "bad.pt")
+    del payload["scaler"]
+    torch.save(payload, tmp_path / "old.pt")
+    with pytest.raises(InputError, match="incompatible version"):
+        MSTDiff.load(tmp_path / "old.pt")
+
+
+def test_corrupt_json_is_an_input_error_naming_the_file(tmp_path):
+    from mstdiff.io import read_json
+
+    for text, words in [("", "empty file"), ('{"a": 1', "not valid JSON"), (b"\xff\xfe\x00", "not a text")]:
+        f = tmp_path / "meta.json"
+        f.write_bytes(text if isinstance(text, bytes) else text.encode())
+        with pytest.raises(InputError, match=words) as err:
+            read_json(f)
+        assert str(f) in str(err.value)

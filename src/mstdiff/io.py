@@ -51,9 +51,20 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, dumps_json(obj))
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+def read_json(path: str | os.PathLike[str], *, fix: str = "re-run the stage that wrote it") -> Any:
+    """A JSON file; a missing, unreadable or corrupt file is an :class:`InputError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", where=str(path), fix=fix)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except UnicodeDecodeError:
+        raise InputError("not a text (UTF-8) file, so not the JSON file expected here", where=str(path),
+                         fix=fix) from None
+    except json.JSONDecodeError as exc:
+        what = "empty file" if exc.doc.strip() == "" else f"not valid JSON (line {exc.lineno}: {exc.msg})"
+        raise InputError(f"{what}: truncated or damaged", where=str(path), fix=fix) from None
 
 
 def _umask() -> int:

@@ -188,15 +188,23 @@ class Baseline(ABC):
     def load(cls: type[B], path: str | os.PathLike[str]) -> B:
         """Read a file written by :meth:`save`. ``Baseline.load`` accepts any baseline; a subclass
         (e.g. ``Markov.load``) checks that the file holds that kind."""
-        ckpt = load_checkpoint(path)
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        ckpt = load_checkpoint(path, what="baseline file", fix="pass a file written by Baseline.save")
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
             raise InputError("not a saved mstdiff baseline", where=str(path),
                              fix="pass a file written by Baseline.save")
         target = _class_for(ckpt["name"])
         if not issubclass(target, cls):
             raise InputError(f"file holds baseline {ckpt['name']!r}, not a {cls.__name__}", where=str(path),
                              fix="load it with Baseline.load (or load_baseline)")
-        return target._from_checkpoint(ckpt)
+        try:
+            return target._from_checkpoint(ckpt)
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"baseline file does not fit {ckpt.get('name')!r} ({first}): written by an "
+                             "incompatible version, or damaged", where=str(path),
+                             fix="fit and save the baseline again with this version") from None
 
     def __repr__(self) -> str:
         state = f"T={self.T}, N={self.n_stations}" if self.fitted else "not fitted"

@@ -208,18 +208,28 @@ class MSTDiff:
         path = Path(path)
         if path.is_dir():
             path = path / "model.pt"
-        payload = load_checkpoint(path, map_location)
+        fix = "point to the model.pt written by `mstdiff train`"
+        payload = load_checkpoint(path, map_location, what="MSTDiff model file", fix=fix)
         if payload.get("kind") != "mstdiff-model":
-            raise InputError("not an MSTDiff model file", where=str(path),
-                             fix="point to the model.pt written by `mstdiff train`")
+            raise InputError("not an MSTDiff model file", where=str(path), fix=fix)
+        missing = sorted({"config", "state_dict", "vqvae_config", "scaler"} - set(payload))
+        if missing:
+            raise InputError(f"MSTDiff model file without {missing}: written by an incompatible version",
+                             where=str(path), fix="re-train it with this version (`mstdiff train`)")
         config = from_dict(ModelConfig, payload["config"], where=f"{path}:config")
         vqvae = None
-        if payload["vqvae_config"] is not None:
-            from mstdiff.models.vqvae import VQVAEConfig
+        try:
+            if payload["vqvae_config"] is not None:
+                from mstdiff.models.vqvae import VQVAEConfig
 
-            vqvae = VQVAE(VQVAEConfig(**payload["vqvae_config"]))
-        denoiser = MSTDiffDenoiser(config.denoiser, vqvae)
-        denoiser.load_state_dict(payload["state_dict"])
+                vqvae = VQVAE(VQVAEConfig(**payload["vqvae_config"]))
+            denoiser = MSTDiffDenoiser(config.denoiser, vqvae)
+            denoiser.load_state_dict(payload["state_dict"])
+        except (RuntimeError, TypeError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0][:200]
+            raise InputError(f"the weights do not fit the model they describe ({first}): written by an "
+                             "incompatible version, or damaged", where=str(path),
+                             fix="re-train it with this version (`mstdiff train`)") from None
         if discrete is None and config.location.process == "graph":
             discrete = load_transition(_resolve_relative(payload["transition_path"], path.parent))
         discrete = make_location_process(config.location, num_states=config.denoiser.num_stations,
@@ -450,11 +460,17 @@ def _train(
     running: dict[str, float] = {}
     rng_state: Tensor | None = None
     if resume and ckpt_path.exists():
-        st = load_checkpoint(ckpt_path, device)
-        denoiser.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        sched.load_state_dict(st["sched"])
-        ema.load_state_dict(st["ema"])
+        restart = "delete it (and the rest of the directory) to train afresh, or choose a new --out"
+        st = load_checkpoint(ckpt_path, device, what="training checkpoint", fix=restart)
+        try:
+            denoiser.load_state_dict(st["model"])
+            opt.load_state_dict(st["opt"])
+            sched.load_state_dict(st["sched"])
+            ema.load_state_dict(st["ema"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"this checkpoint does not fit the model being trained ({first}): another "
+                             "config or an incompatible version", where=str(ckpt_path), fix=restart) from None
         if grad_scaler is not None and st.get("grad_scaler"):
             grad_scaler.load_state_dict(st["grad_scaler"])
         streams = _rank_streams(st, rank, K)
