@@ -139,7 +139,7 @@ def check_output_dir(path: str | os.PathLike[str], *, overwrite: bool = False, r
     if not anchor.is_dir():
         raise InputError(f"{anchor} is a file, so {path} cannot be created", where=str(path),
                          fix="choose another --out")
-    if not os.access(anchor, os.W_OK | os.X_OK):
+    if not os.access(anchor, os.W_OK | os.X_OK) or not _can_create_in(anchor):
         raise InputError(f"cannot write to {anchor} (read-only or no permission)", where=str(path),
                          fix="choose another --out on a writable disk")
     free = shutil.disk_usage(anchor).free
@@ -147,6 +147,19 @@ def check_output_dir(path: str | os.PathLike[str], *, overwrite: bool = False, r
         raise InputError(f"the disk holding {anchor} is full ({free / 2**20:.1f} MiB free)", where=str(path),
                          fix="free some space or choose another --out")
     return path
+
+
+def _can_create_in(directory: Path) -> bool:
+    """Whether a file can really be created in ``directory`` (``os.access`` says yes to root on
+    read-only pseudo file systems)."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".mstdiff-write-probe.")
+    except OSError:
+        return False
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return True
 
 
 def _pid_alive(pid: int) -> bool:

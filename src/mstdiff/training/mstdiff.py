@@ -43,7 +43,7 @@ from mstdiff.diffusion.gaussian import GaussianConfig, GaussianDiffusion
 from mstdiff.diffusion.hybrid import HybridConfig, HybridDiffusion
 from mstdiff.diffusion.location import LocationConfig, make_location_process
 from mstdiff.errors import InputError
-from mstdiff.io import atomic_dir, atomic_write_text, run_meta, write_json
+from mstdiff.io import atomic_dir, atomic_write_text, check_output_dir, run_meta, write_json
 from mstdiff.models.denoiser import DenoiserConfig, MSTDiffDenoiser
 from mstdiff.models.losses import training_loss
 from mstdiff.models.vqvae import VQVAE
@@ -377,6 +377,7 @@ def train_mstdiff(
     on its chunk of every global batch, and only rank 0 writes files, validates and shows progress
     (:mod:`mstdiff.training.distributed`). With K = 1 the result equals a plain run's bit for bit.
     """
+    check_output_dir(out_dir, reuse=True)  # a file, a read-only or a full disk fails before any work
     ctx, device = distributed.setup(train_config.device)
     try:
         return _train(train, val, discrete=discrete, vqvae=vqvae, model_config=model_config,
