@@ -46,6 +46,7 @@ from mstdiff.data.binning import (
     window_slot_sql,
 )
 from mstdiff.data.dataset import PreparedDataset, normalisation_stats
+from mstdiff.data.textfile import check_parquet, data_lines, scan_text
 from mstdiff.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -113,10 +114,10 @@ def _missing_columns(path: Path, have: list[str], need: Mapping[str, str], optio
     missing = {role: name for role, name in need.items() if name not in have}
     if missing:
         names = ", ".join(f"{name!r} ({role})" for role, name in missing.items())
-        example = ", ".join(f"{role}=NAME" for role in missing)
+        example = ", ".join(f"{role}: NAME" for role in missing)
         raise InputError(
             f"missing column(s) {names}; the file has columns {have}", where=str(path),
-            fix=f"rename the columns or map them with {option} ({example})",
+            fix=f"rename the columns or map them with -o '{option}={{{example}}}'",
         )
 
 
@@ -125,13 +126,21 @@ def _read_small_table(path: Path, *, delimiter: str) -> pd.DataFrame:
     kind = _kind(path)
     if not path.is_file():
         raise InputError("no such file", where=str(path), fix="pass an existing station table")
+    sep = "\t" if path.name.lower().endswith((".tsv", ".tsv.gz")) else delimiter
+    if kind == "parquet":
+        check_parquet(path)
+    else:
+        scan_text(path, quote='"', what="a station table: CSV (UTF-8, with a header line) or Parquet")
+        read_header(path, delimiter=sep)  # duplicate column names
     try:
         if kind == "parquet":
             return pd.read_parquet(path)
-        sep = "\t" if path.name.lower().endswith((".tsv", ".tsv.gz")) else delimiter
         return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
     except (ValueError, OSError, ImportError) as err:
-        raise InputError(f"cannot read the table ({err})", where=str(path),
+        log.debug("pandas could not read %s: %s", path, err)
+        problem = ("its columns cannot be read" if kind == "parquet"
+                   else "its lines cannot be split into the header's columns")
+        raise InputError(f"cannot read the table: {problem}", where=str(path),
                          fix="pass a CSV file with a header line, or a Parquet file") from err
 
 
@@ -272,10 +281,16 @@ def prepare_tabular(
                                      fix="all record files in a folder must have the same columns")
             _missing_columns(files[0], header, cols, "columns")
             table = TextTable(tuple(files), tuple(header), delimiter=sep, header=True, quote='"')
+            scans = table.scan("a records table: CSV (UTF-8, with a header line) or Parquet")
+            if data_lines(scans, header=True) == 0:
+                raise InputError("the records table has no rows (only a header line)", where=where,
+                                 fix="pass a non-empty table")
             relation = table.relation()
             locate = table.locate
             types = {name: "VARCHAR" for name in header}
         else:
+            for f in files:
+                check_parquet(f)
             relation = (
                 "read_parquet([" + ", ".join(sql_str(p) for p in files) + "], filename=true, "
                 "file_row_number=true)"
@@ -301,8 +316,8 @@ def prepare_tabular(
             FROM {relation}
         """)
         fmt_hint = (
-            "timestamps must be ISO 8601 (e.g. 2016-04-20 08:13:19) unless you pass timestamp_format "
-            "(a strptime format such as %Y%m%d%H%M%S, or unix / unix_ms)"
+            "timestamps must be ISO 8601 (e.g. 2016-04-20 08:13:19) unless you pass their format with "
+            "-o timestamp_format=FORMAT (a strptime format such as %Y%m%d%H%M%S, or unix / unix_ms)"
         )
         run_checks(con, "parsed", [
             Check("_user IS NULL OR _user = ''", (cols["user"], *row_cols),
@@ -320,6 +335,8 @@ def prepare_tabular(
 
         n_read, first = fetch_row(con, "SELECT count(*), min(_ts) FROM parsed")
         n_read = int(n_read)
+        # every line is a record or a counted problem (DuckDB skips blank lines: counted by the scan)
+        blank = table.reconcile(scans, n_read) if kind == "text" else 0
         if n_read == 0:
             raise InputError("the records table has no rows", where=where, fix="pass a non-empty table")
         if origin is None:
@@ -376,8 +393,8 @@ def prepare_tabular(
             run_checks(con, "parsed", [Check(
                 f"NOT {before} AND list_contains({listed}, _station)", (cols["station"], *row_cols),
                 f"station id not in the station table {Path(str(stations)).name}",
-                "add the station to the station table, or drop such records with "
-                "unknown_stations='drop' (--unknown-stations drop)",
+                "add the station to the station table, or drop and count such records with "
+                "-o unknown_stations=drop",
             )], locate)
         con.execute("""
             CREATE TEMP VIEW cells AS
@@ -387,6 +404,9 @@ def prepare_tabular(
         binned = bin_slots(con, "cells", T=T, min_active_slots=min_active_slots)
 
     dropped = {r: int(reasons.get(r, 0)) for r in ("before_origin", "unknown_station")}
+    if blank:  # blank lines are counted only where there are some
+        dropped["blank_line"] = int(blank)
+    n_read += blank
     filters_txt = f"origin={origin_txt}, min_active_slots={min_active_slots}"
     if int(reasons.get("kept", 0)) == 0:
         raise InputError(f"no record is left after the filters ({n_read} read, dropped: {dropped})",
