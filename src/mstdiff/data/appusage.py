@@ -49,7 +49,7 @@ from mstdiff.data.binning import (
     window_slot_sql,
 )
 from mstdiff.data.dataset import PreparedDataset, normalisation_stats
-from mstdiff.data.tabular import read_station_table
+from mstdiff.data.tabular import read_station_table, usable_header
 from mstdiff.data.textfile import check_parquet, data_lines, scan_text
 from mstdiff.errors import InputError
 
@@ -228,7 +228,7 @@ def prepare_app_usage(
         table = TextTable((path,), TRACE_COLUMNS, delimiter=" ", header=False, quote="")
         role = {r: r for r in ("user", "time", "station", "traffic")}
     elif fmt == "csv":
-        header = read_header(path)
+        header = usable_header(path, read_header(path))
         missing = [c for c in CSV_ROLES.values() if c not in header]
         if missing:
             raise InputError(

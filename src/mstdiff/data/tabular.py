@@ -110,6 +110,36 @@ def record_files(records: Path) -> tuple[str, list[Path]]:
     return kind, [records]
 
 
+RESERVED_COLUMNS = ("filename",)  # added by the reader to every row
+
+
+def usable_header(path: Path, header: list[str], *, place: str = "line 1") -> list[str]:
+    """``header`` with empty names as ``column<N>``; a reserved name raises :class:`InputError`."""
+    out = [name or f"column{i + 1}" for i, name in enumerate(header)]
+    for i, name in enumerate(out):
+        if name.lower() in RESERVED_COLUMNS:
+            raise InputError(f"column {i + 1} is named {name!r}, a name the reader uses itself",
+                             where=f"{path}, {place}", fix="rename that column")
+    if len(set(out)) != len(out):
+        dup = next(n for n in out if out.count(n) > 1)
+        raise InputError(f"duplicate column name {dup!r} in the header", where=f"{path}, {place}",
+                         fix="give every column a distinct name")
+    return out
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    """Column names of a Parquet file (from its footer only)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return [str(n) for n in pq.read_schema(path).names]
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        log.debug("pyarrow could not read the schema of %s: %s", path, err)
+        raise InputError("the Parquet file is damaged: its schema cannot be read", where=str(path),
+                         fix="write the file again (e.g. pandas DataFrame.to_parquet) or pass a CSV file",
+                         ) from err
+
+
 def _missing_columns(path: Path, have: list[str], need: Mapping[str, str], option: str) -> None:
     missing = {role: name for role, name in need.items() if name not in have}
     if missing:
@@ -274,9 +304,9 @@ def prepare_tabular(
         row_cols: tuple[str, ...] = ()
         if kind == "text":
             sep = "\t" if files[0].name.lower().endswith((".tsv", ".tsv.gz")) else delimiter
-            header = read_header(files[0], delimiter=sep)
+            header = usable_header(files[0], read_header(files[0], delimiter=sep))
             for f in files[1:]:
-                if read_header(f, delimiter=sep) != header:
+                if usable_header(f, read_header(f, delimiter=sep)) != header:
                     raise InputError(f"the header differs from that of {files[0].name}", where=str(f),
                                      fix="all record files in a folder must have the same columns")
             _missing_columns(files[0], header, cols, "columns")
@@ -291,6 +321,10 @@ def prepare_tabular(
         else:
             for f in files:
                 check_parquet(f)
+                names = _parquet_columns(f)
+                if usable_header(f, names, place="schema") != names:
+                    raise InputError("the file has a column without a name", where=str(f),
+                                     fix="name every column")
             relation = (
                 "read_parquet([" + ", ".join(sql_str(p) for p in files) + "], filename=true, "
                 "file_row_number=true)"
