@@ -303,8 +303,8 @@ class PreparedDataset:
 
 _REDO = "the dataset is damaged: re-run the stage that wrote it (`mstdiff prepare`, or `mstdiff generate`)"
 _META_TYPES: dict[str, tuple[type, ...]] = {
-    "source": (str,), "traffic_unit": (str,), "counts": (dict,), "filters": (dict,), "notes": (list,),
-    "normalisation": (dict,), "format_version": (int,), "bin_minutes": (int,), "T": (int,),
+    "source": (str,), "traffic_unit": (str,), "counts": (dict,), "format_version": (int,),
+    "bin_minutes": (int,), "T": (int,),
 }
 
 
@@ -329,7 +329,7 @@ def _load_meta(path: Path) -> dict[str, Any]:
         if value is None:
             continue
         if not isinstance(value, types) or isinstance(value, bool):
-            kind = {int: "a whole number", str: "text", dict: "a JSON object", list: "a JSON list"}[types[0]]
+            kind = {int: "a whole number", str: "text", dict: "a JSON object"}[types[0]]
             raise InputError(f"field {key!r} is {value!r}, not {kind}", where=str(path), fix=_REDO)
     if meta.get("bin_minutes") is not None and meta["bin_minutes"] <= 0:
         raise InputError(f"bin_minutes = {meta['bin_minutes']} is not positive", where=str(path), fix=_REDO)
