@@ -43,6 +43,8 @@ _MAGIC = (
     (b"\x89PNG", "a PNG image"),
     (b"%PDF", "a PDF document"),
 )
+_LINE_BREAKS = ("use one kind of line break throughout, e.g. convert to Unix ones with dos2unix FILE "
+                "(or sed -i 's/\\r$//' FILE)")
 _CONVERT = "convert it to UTF-8, e.g. iconv -f {enc} -t UTF-8 FILE > FILE.utf8"
 
 
@@ -127,6 +129,8 @@ def scan_text(path: Path, *, quote: str = "", limit: int = LINE_LIMIT,
     pos = 0  # absolute offset of the current block
     term: int | None = None  # the line break byte: \n (also for \r\n) or \r (old Mac files)
     prev_last = -1  # last byte of the previous block
+    pending_cr = False  # the previous block ended with a \r
+    crlf_mode: bool | None = None  # whether the lines end with \r\n (decided by the first line)
     has_quote = False
     qbyte = quote.encode() if quote else b""
     try:
@@ -164,6 +168,22 @@ def scan_text(path: Path, *, quote: str = "", limit: int = LINE_LIMIT,
                     ) from err
                 if qbyte and not has_quote:
                     has_quote = qbyte in block
+                if term == _CR and b"\n" in block:
+                    n_line = lines + int(np.count_nonzero(arr[:block.find(b"\n")] == _CR)) + 1
+                    raise InputError("the file mixes line breaks: old Mac (CR) ones, then a Unix (LF) one",
+                                     where=f"{path}, line {n_line}", fix=_LINE_BREAKS)
+                if term == _NL:
+                    if pending_cr and arr[0] != _NL:
+                        raise InputError("the line holds a carriage return (\\r) that ends no line",
+                                         where=f"{path}, line {lines + 1}", fix=_LINE_BREAKS)
+                    crs = np.flatnonzero(arr == _CR)
+                    pending_cr = bool(crs.size) and int(crs[-1]) == arr.size - 1
+                    inner = crs[crs + 1 < arr.size]
+                    stray = inner[arr[inner + 1] != _NL]
+                    if stray.size:
+                        n_line = lines + int(np.count_nonzero(arr[:int(stray[0])] == _NL)) + 1
+                        raise InputError("the line holds a carriage return (\\r) that ends no line",
+                                         where=f"{path}, line {n_line}", fix=_LINE_BREAKS)
                 if term is not None:
                     ends = np.flatnonzero(arr == term)
                     if ends.size:
@@ -173,7 +193,17 @@ def scan_text(path: Path, *, quote: str = "", limit: int = LINE_LIMIT,
                         lengths = ends - starts
                         if term == _NL:  # a \r before the \n belongs to the line break
                             before = np.where(ends > 0, arr[np.maximum(ends - 1, 0)], prev_last)
-                            lengths = lengths - (before == _CR)
+                            crlf = before == _CR
+                            lengths = lengths - crlf
+                            if crlf_mode is None:
+                                crlf_mode = bool(crlf[0])
+                            odd = np.flatnonzero(crlf != crlf_mode)
+                            if odd.size:
+                                kinds = ("Windows (CRLF)", "Unix (LF)")[:: 1 if crlf_mode else -1]
+                                raise InputError(
+                                    f"the file mixes line breaks: {kinds[0]} ones, then a {kinds[1]} one",
+                                    where=f"{path}, line {lines + int(odd[0]) + 1}", fix=_LINE_BREAKS,
+                                )
                         blank += int(np.count_nonzero(lengths == 0))
                         long = np.flatnonzero(lengths > limit)
                         if long.size:
