@@ -48,7 +48,7 @@ from mstdiff.data.binning import (
     try_double,
     window_slot_sql,
 )
-from mstdiff.data.dataset import PreparedDataset, normalisation_stats
+from mstdiff.data.dataset import PARQUET_ERRORS, PreparedDataset, normalisation_stats
 from mstdiff.data.tabular import read_station_table, usable_header
 from mstdiff.data.textfile import check_parquet, data_lines, scan_text
 from mstdiff.errors import InputError
@@ -154,7 +154,7 @@ def read_coordinate_table(path: Path) -> pd.DataFrame:
         check_parquet(path)
         try:
             have = [str(c) for c in pd.read_parquet(path).columns]
-        except (ValueError, OSError, ImportError) as err:
+        except PARQUET_ERRORS as err:
             raise InputError("cannot read the Parquet file's columns", where=str(path),
                              fix="write the file again or pass a CSV file (station id, lat, lon)") from err
     else:

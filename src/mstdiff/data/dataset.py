@@ -15,6 +15,7 @@ alike. :meth:`PreparedDataset.save` writes atomically.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
@@ -148,7 +149,8 @@ class PreparedDataset:
         ]
         counts = self.meta.get("counts")
         counts = counts if isinstance(counts, dict) else {}
-        for reason, count in (counts.get("records_dropped") or counts.get("dropped") or {}).items():
+        dropped = counts.get("records_dropped") or counts.get("dropped") or {}
+        for reason, count in (dropped.items() if isinstance(dropped, dict) else []):
             rows.append((f"records dropped: {reason}", f"{count:,}"))
         width = max(len(k) for k, _ in rows)
         lines = [f"| {'field':<{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
@@ -301,6 +303,13 @@ class PreparedDataset:
             raise InputError(err.what, where=err.where, fix=_REDO) from err
 
 
+try:  # the errors pyarrow raises on a damaged file (most derive from the built-in ones below)
+    from pyarrow.lib import ArrowException as _ArrowException
+except ImportError:  # pragma: no cover - pyarrow is a dependency of pandas' Parquet support
+    _ArrowException = OSError
+PARQUET_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, ValueError, TypeError, KeyError, IndexError, NotImplementedError, ImportError, _ArrowException,
+)
 _REDO = "the dataset is damaged: re-run the stage that wrote it (`mstdiff prepare`, or `mstdiff generate`)"
 _META_TYPES: dict[str, tuple[type, ...]] = {
     "source": (str,), "traffic_unit": (str,), "counts": (dict,), "format_version": (int,),
@@ -330,7 +339,8 @@ def _load_meta(path: Path) -> dict[str, Any]:
             continue
         if not isinstance(value, types) or isinstance(value, bool):
             kind = {int: "a whole number", str: "text", dict: "a JSON object"}[types[0]]
-            raise InputError(f"field {key!r} is {value!r}, not {kind}", where=str(path), fix=_REDO)
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise InputError(f"field {key!r} is {shown}, not {kind}", where=str(path), fix=_REDO)
     if meta.get("bin_minutes") is not None and meta["bin_minutes"] <= 0:
         raise InputError(f"bin_minutes = {meta['bin_minutes']} is not positive", where=str(path), fix=_REDO)
     version = meta.get("format_version", FORMAT_VERSION)
@@ -356,7 +366,7 @@ def _load_npy(path: Path, *, mmap: bool, kinds: str, what: str) -> np.ndarray:
             offset = fh.tell()
     except OSError as err:
         raise InputError(f"cannot read the file ({err.strerror or err})", where=str(path), fix=_REDO) from err
-    except (ValueError, EOFError, SyntaxError, TypeError) as err:
+    except Exception as err:  # numpy's header parser fails in many ways on a damaged header
         problem = "empty" if size == 0 else "not a NumPy array file (or its header is damaged)"
         raise InputError(f"the file is {problem}", where=str(path), fix=_REDO) from err
     if dtype.hasobject:
@@ -364,7 +374,7 @@ def _load_npy(path: Path, *, mmap: bool, kinds: str, what: str) -> np.ndarray:
                          fix=_REDO)
     if dtype.kind not in kinds:
         raise InputError(f"the array holds {dtype} values, not {what}", where=str(path), fix=_REDO)
-    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = offset + math.prod(int(n) for n in shape) * dtype.itemsize
     if size != expected:
         state = "truncated" if size < expected else "longer than its header says"
         raise InputError(
@@ -395,7 +405,7 @@ def _load_parquet(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
         raise InputError(f"the file is {problem}", where=str(path), fix=_REDO)
     try:
         df = pd.read_parquet(path)
-    except (OSError, ValueError, TypeError, ImportError) as err:  # pyarrow's errors derive from these
+    except PARQUET_ERRORS as err:
         raise InputError("the Parquet file is damaged (its contents cannot be read)", where=str(path),
                          fix=_REDO) from err
     missing = [c for c in columns if c not in df.columns]

@@ -45,7 +45,7 @@ from mstdiff.data.binning import (
     try_double,
     window_slot_sql,
 )
-from mstdiff.data.dataset import PreparedDataset, normalisation_stats
+from mstdiff.data.dataset import PARQUET_ERRORS, PreparedDataset, normalisation_stats
 from mstdiff.data.textfile import check_parquet, data_lines, scan_text
 from mstdiff.errors import InputError
 
@@ -133,7 +133,7 @@ def _parquet_columns(path: Path) -> list[str]:
 
     try:
         return [str(n) for n in pq.read_schema(path).names]
-    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+    except PARQUET_ERRORS as err:
         log.debug("pyarrow could not read the schema of %s: %s", path, err)
         raise InputError("the Parquet file is damaged: its schema cannot be read", where=str(path),
                          fix="write the file again (e.g. pandas DataFrame.to_parquet) or pass a CSV file",
@@ -166,7 +166,7 @@ def _read_small_table(path: Path, *, delimiter: str) -> pd.DataFrame:
         if kind == "parquet":
             return pd.read_parquet(path)
         return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
-    except (ValueError, OSError, ImportError) as err:
+    except PARQUET_ERRORS as err:  # pandas' CSV parser errors are ValueErrors
         log.debug("pandas could not read %s: %s", path, err)
         problem = ("its columns cannot be read" if kind == "parquet"
                    else "its lines cannot be split into the header's columns")
