@@ -22,7 +22,9 @@ from mstdiff.cli import cli
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "mstdiff"
 FLAG_RE = re.compile(r"(?<![\w-])--([a-z][a-z0-9-]*)")
-OPTION_RE = re.compile(r"(?<![\w-])-o\s+'?([A-Za-z_][A-Za-z0-9_]*)=")
+OPTION_RE = re.compile(r"""(?<![\w-])-o\s+["']?([A-Za-z_][A-Za-z0-9_]*)=""")
+# a whole -o argument as a user would type it: quoted ('...' or "..."), or up to a space, comma or ')'
+OPTION_ARG_RE = re.compile(r"""(?<![\w-])-o\s+(?:'([^']*)'|"([^"]*)"|([^\s,)]+))""")
 
 
 def _strings(node: ast.AST, names: dict[str, list[ast.AST]], seen: set[str]) -> list[str]:
@@ -108,6 +110,18 @@ def unknown_names(hints: list[tuple[str, str]]) -> list[str]:
         bad += [f"{where}: --{f} in {hint!r}" for f in FLAG_RE.findall(hint) if f not in flags]
         bad += [f"{where}: -o {k} in {hint!r}" for k in OPTION_RE.findall(hint) if k not in keys]
     return bad
+
+
+def test_every_dash_o_example_in_a_hint_parses_as_the_cli_parses_it():
+    """``-o timestamp_format=%Y...`` unquoted is a YAML error in the CLI: hints must show the quotes."""
+    from mstdiff.cli import _parse_options
+
+    args = ["".join(m) for _, hint in all_hints() for m in OPTION_ARG_RE.findall(hint)]
+    assert len(args) >= 5 and any("%" in a for a in args)
+    for arg in args:
+        _parse_options((arg.replace("{}", "x"),))  # raises on an argument the CLI cannot parse
+    with pytest.raises(Exception, match="alphabetic or numeric"):  # what the quotes avoid
+        _parse_options(("timestamp_format=%Y%m%d",))
 
 
 def test_hints_are_collected_from_the_readers():

@@ -336,7 +336,8 @@ def prepare_app_usage(
     if int(reasons.get("kept", 0)) == 0:
         raise InputError(
             f"no record lies in the study period [{start_ts}, {end_ts}) ({n_read} read)", where=str(path),
-            fix="set -o start=... (and -o end=...) to the records' dates, e.g. -o 'start=2016-04-20 00:00'",
+            fix="set the study period to the records' dates with -o start=DATE (and -o end=DATE), "
+            "e.g. -o 'start=2016-04-20 00:00'",
         )
     ensure_samples(binned, where=str(path), filters=filters_txt)
 

@@ -351,7 +351,8 @@ def prepare_tabular(
         """)
         fmt_hint = (
             "timestamps must be ISO 8601 (e.g. 2016-04-20 08:13:19) unless you pass their format with "
-            "-o timestamp_format=FORMAT (a strptime format such as %Y%m%d%H%M%S, or unix / unix_ms)"
+            "-o timestamp_format=FORMAT, a strptime format in quotes because of the %, e.g. "
+            "-o \"timestamp_format='%Y%m%d%H%M%S'\", or unix / unix_ms"
         )
         run_checks(con, "parsed", [
             Check("_user IS NULL OR _user = ''", (cols["user"], *row_cols),

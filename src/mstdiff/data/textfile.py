@@ -274,9 +274,13 @@ def check_head(path: Path, what: str = "a UTF-8 text file") -> None:
     try:
         with _open_binary(path) as fh:  # type: ignore[attr-defined]
             head = fh.read(65536)
-    except (OSError, EOFError, zlib.error) as err:
-        raise InputError(f"cannot read the file ({err})", where=str(path),
-                         fix="check that it exists, is readable and (for .gz) is complete") from err
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise InputError(f"not a complete gzip file ({err})", where=str(path),
+                         fix="the file is truncated or not gzip-compressed: download it again, or remove the "
+                         ".gz suffix if it is plain text") from err
+    except OSError as err:
+        raise InputError(f"cannot read the file ({err.strerror or err})", where=str(path),
+                         fix="check that the file exists and is readable") from err
     _check_head(path, head, what)
 
 
