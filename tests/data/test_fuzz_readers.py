@@ -30,7 +30,7 @@ from raw_inputs import READERS, assert_package_words
 from mstdiff.data import PreparedDataset
 from mstdiff.errors import InputError
 
-FUZZ = settings(max_examples=30, deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 DELIM = {"shanghai": b"\t", "app-usage": b" ", "csv": b","}
 NUMBERS = st.one_of(
@@ -181,7 +181,8 @@ def _apply(path: Path, name: str, how: str, arg) -> None:
         f.write_text(json.dumps(arg))
     elif name.endswith(".npy"):
         dtype, shape, value = arg
-        arr = np.full(shape, value).astype(dtype) if dtype != "object" else np.full(shape, {"v": value})
+        with np.errstate(invalid="ignore", over="ignore"):
+            arr = np.full(shape, value).astype(dtype) if dtype != "object" else np.full(shape, {"v": value})
         np.save(f, arr, allow_pickle=True)
     else:
         cols, kinds, n = arg
