@@ -28,6 +28,9 @@ CSV_HEADER = b"user_id,timestamp,station_id,traffic"
 CSV_LINES = [f"u{i % 3},2016-04-20 0{i % 10}:1{i % 6}:00,s{i % 4},{i * 10}".encode() for i in range(12)]
 
 
+UNIX_LINES = [f"u{i % 3},{1461110400 + 937 * i},s{i % 4},{i * 10}".encode() for i in range(12)]
+
+
 def write_shanghai(folder: Path, body: bytes) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "base_stations_all.csv").write_text(SH_STATIONS)
@@ -60,10 +63,15 @@ def prepare_csv_dir(folder: Path) -> PreparedDataset:
     return prepare_tabular(folder / "records.csv", min_active_slots=1, threads=1)
 
 
+def prepare_csv_unix_dir(folder: Path) -> PreparedDataset:
+    return prepare_tabular(folder / "records.csv", min_active_slots=1, timestamp_format="unix", threads=1)
+
+
 READERS = {
     "shanghai": (write_shanghai, prepare_shanghai_dir, b"", SH_LINES),
     "app-usage": (write_app_usage, prepare_app_usage_dir, b"", APP_LINES),
     "csv": (write_csv, prepare_csv_dir, CSV_HEADER + b"\n", CSV_LINES),
+    "csv-unix": (write_csv, prepare_csv_unix_dir, CSV_HEADER + b"\n", UNIX_LINES),
 }
 
 

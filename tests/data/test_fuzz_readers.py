@@ -1,6 +1,7 @@
 """Property tests: random malformed raw files and prepared datasets end in a dataset or an InputError.
 
-The three record readers (Shanghai Telecom, App Usage, generic CSV) get files made of valid record
+The three record readers (Shanghai Telecom, App Usage, generic CSV, the latter also with epoch-second
+timestamps) get files made of valid record
 lines mixed with broken ones: wrong field counts, random unicode (control characters, tabs, quotes,
 line breaks inside fields), numbers as NaN / inf / 1e400 / 30-digit integers, empty fields, BOMs,
 CRLF line breaks, blank lines and raw bytes. The prepared-dataset loader gets a valid directory with
@@ -32,7 +33,7 @@ from mstdiff.errors import InputError
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-DELIM = {"shanghai": b"\t", "app-usage": b" ", "csv": b","}
+DELIM = {"shanghai": b"\t", "app-usage": b" ", "csv": b",", "csv-unix": b","}
 NUMBERS = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.integers(min_value=-(10**30), max_value=10**30).map(str),

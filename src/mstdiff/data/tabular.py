@@ -236,10 +236,12 @@ def read_station_table(
 
 def _timestamp_sql(col: str, col_type: str, fmt: str | None) -> str:
     c = sql_ident(col)
-    if fmt in ("unix", "unix_s"):
-        return f"make_timestamp(CAST(round({try_double(c)} * 1e6) AS BIGINT))"
-    if fmt == "unix_ms":
-        return f"make_timestamp(CAST(round({try_double(c)} * 1e3) AS BIGINT))"
+    if fmt in ("unix", "unix_s", "unix_ms"):
+        # epoch numbers beyond +-1e11 s (year ~5000), NaN and inf give NULL: an unparsable timestamp
+        scale = 1e6 if fmt != "unix_ms" else 1e3
+        v = try_double(c)
+        return (f"CASE WHEN isfinite({v}) AND abs({v} * {scale}) < 1e17 "
+                f"THEN make_timestamp(CAST(round({v} * {scale}) AS BIGINT)) END")
     if col_type.upper().startswith(("TIMESTAMP", "DATE")):
         return f"CAST({c} AS TIMESTAMP)"
     if fmt is None:
@@ -350,6 +352,8 @@ def prepare_tabular(
             FROM {relation}
         """)
         fmt_hint = (
+            "with timestamp_format=unix (unix_ms) the timestamps are finite seconds (milliseconds) since "
+            "1970-01-01, within +-1e11 s" if str(timestamp_format).startswith("unix") else
             "timestamps must be ISO 8601 (e.g. 2016-04-20 08:13:19) unless you pass their format with "
             "-o timestamp_format=FORMAT, a strptime format in quotes because of the %, e.g. "
             "-o \"timestamp_format='%Y%m%d%H%M%S'\", or unix / unix_ms"
