@@ -48,8 +48,9 @@ from mstdiff.data.binning import (
     try_double,
     window_slot_sql,
 )
-from mstdiff.data.dataset import PreparedDataset, normalisation_stats
-from mstdiff.data.tabular import read_station_table
+from mstdiff.data.dataset import PARQUET_ERRORS, PreparedDataset, normalisation_stats
+from mstdiff.data.tabular import read_station_table, usable_header
+from mstdiff.data.textfile import check_parquet, data_lines, scan_text
 from mstdiff.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def detect_format(path: Path) -> str:
     """``"csv"`` (header line with commas) or ``"trace"`` (space-separated, no header)."""
     if path.name.lower().endswith((".csv", ".csv.gz")):
         return "csv"
-    first = read_header(path, delimiter="\t")  # the whole first line (no tabs in either layout)
+    first = read_header(path, delimiter="\t", unique=False)  # the whole first line (no tabs in either layout)
     return "csv" if "," in first[0] else "trace"
 
 
@@ -103,11 +104,16 @@ def read_poi_table(path: Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise InputError("POI table not found", where=str(path),
-                         fix=f"pass the official {POI_FILE} (poi=PATH) or switch POI off (use_poi=False)")
+                         fix=f"pass the official {POI_FILE} (-o poi=PATH) or switch POI off "
+                         "(-o use_poi=false)")
+    scan_text(path, quote='"', what=f"the official {POI_FILE} (UTF-8, tab-separated, with a header line)")
+    read_header(path, delimiter="\t")  # duplicate column names
     try:
         df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except (ValueError, OSError) as err:
-        raise InputError(f"cannot parse the POI table ({err})", where=str(path),
+        log.debug("pandas could not read %s: %s", path, err)
+        raise InputError("cannot parse the POI table: its lines cannot be split into the header's columns",
+                         where=str(path),
                          fix="it must be tab-separated with a header line (BaseID + categories)") from err
     df.columns = [str(c).strip().lstrip("\ufeff") for c in df.columns]
     if not len(df.columns) or df.columns[0].lower() != "baseid":
@@ -145,7 +151,12 @@ def read_coordinate_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise InputError("coordinate table not found", where=str(path), fix="pass an existing file")
     if path.name.lower().endswith((".parquet", ".pq")):
-        have = [str(c) for c in pd.read_parquet(path).columns]
+        check_parquet(path)
+        try:
+            have = [str(c) for c in pd.read_parquet(path).columns]
+        except PARQUET_ERRORS as err:
+            raise InputError("cannot read the Parquet file's columns", where=str(path),
+                             fix="write the file again or pass a CSV file (station id, lat, lon)") from err
     else:
         have = read_header(path)
 
@@ -217,13 +228,13 @@ def prepare_app_usage(
         table = TextTable((path,), TRACE_COLUMNS, delimiter=" ", header=False, quote="")
         role = {r: r for r in ("user", "time", "station", "traffic")}
     elif fmt == "csv":
-        header = read_header(path)
+        header = usable_header(path, read_header(path))
         missing = [c for c in CSV_ROLES.values() if c not in header]
         if missing:
             raise InputError(
                 f"missing column(s) {missing}; the file has columns {header}", where=str(path),
                 fix="the App Usage CSV layout needs user_id, time, location, traffic "
-                "(or use record_format='trace' for the official space-separated trace)",
+                "(or pass -o record_format=trace for the official space-separated trace)",
             )
         table = TextTable((path,), tuple(header), delimiter=",", header=True, quote='"')
         role = dict(CSV_ROLES)
@@ -243,6 +254,11 @@ def prepare_app_usage(
 
     start_txt = start_ts.strftime("%Y-%m-%d %H:%M:%S")
     end_txt = end_ts.strftime("%Y-%m-%d %H:%M:%S")
+    scans = table.scan("the App Usage trace (UTF-8 text, 5 space-separated fields per line) or its CSV "
+                       "sample (with a header line)")
+    if data_lines(scans, header=table.header) == 0:
+        raise InputError("the records file has no rows (empty, blank lines or a header only)",
+                         where=str(path), fix="pass the App Usage records file")
     fix_line = ("the official trace has 5 space-separated fields per line: user timestamp station app "
                 "bytes" if fmt == "trace" else "check the CSV's columns")
     with duckdb_session(threads=threads, memory_limit=memory_limit) as con, duckdb_errors(
@@ -293,8 +309,10 @@ def prepare_app_usage(
                    count(DISTINCT _day) FILTER (WHERE _in)
             FROM _groups
         """))
-        reasons = {"outside_period": n_out, "kept": n_kept}
-        n_read = n_out + n_kept
+        # every line is a record or a counted problem (DuckDB skips blank lines: counted by the scan)
+        blank = table.reconcile(scans, n_out + n_kept)
+        reasons = {"outside_period": n_out, "kept": n_kept, "blank_line": blank}
+        n_read = n_out + n_kept + blank
         if n_read == 0:
             raise InputError("the records file has no rows", where=str(path), fix="pass a non-empty file")
         con.execute("""
@@ -318,7 +336,8 @@ def prepare_app_usage(
     if int(reasons.get("kept", 0)) == 0:
         raise InputError(
             f"no record lies in the study period [{start_ts}, {end_ts}) ({n_read} read)", where=str(path),
-            fix="set start (and end) to the records' dates, e.g. start='2016-04-20 00:00'",
+            fix="set the study period to the records' dates with -o start=DATE (and -o end=DATE), "
+            "e.g. -o 'start=2016-04-20 00:00'",
         )
     ensure_samples(binned, where=str(path), filters=filters_txt)
 
@@ -395,7 +414,8 @@ def prepare_app_usage(
         },
         "counts": {
             "records_read": n_read,
-            "records_dropped": {"outside_period": int(reasons.get("outside_period", 0))},
+            "records_dropped": {"outside_period": int(reasons.get("outside_period", 0)),
+                                **({"blank_line": blank} if blank else {})},
             "records_kept": int(reasons.get("kept", 0)),
             "days_with_records": n_days,
             **binned.counts,

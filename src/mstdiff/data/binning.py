@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from mstdiff.data.dataset import check_T
+from mstdiff.data.textfile import TextScan, check_head, reconcile_counts, scan_text
 from mstdiff.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -161,34 +162,58 @@ def timed(label: str, logger: logging.Logger = log) -> Iterator[None]:
 
 _LINE_RE = re.compile(r"Line:\s*(\d+)")
 _FILE_RE = re.compile(r"^\s*file\s*=\s*(.+?)\s*$", re.MULTILINE)
-_ORIGINAL_RE = re.compile(r"^Original Line:\s*(.*)$", re.MULTILINE)
+_ORIGINAL_RE = re.compile(r"^Original Line: ?([^\n]*)$", re.MULTILINE)
+_COLUMNS_RE = re.compile(r"Expected Number of Columns:\s*(\d+)\s*Found:\s*(\d+)")
+_DUPLICATE_RE = re.compile(r'Duplicate named argument "([^"]*)"')
+_DEFAULT_FIX = "check the file's delimiter, header and number of columns against the documented format"
+
+
+def _duckdb_what(text: str, fix: str | None) -> tuple[str, str | None]:
+    """The problem of a DuckDB error in the package's words, and a better fix when there is one."""
+    m = _COLUMNS_RE.search(text)
+    if m:
+        want, got = int(m.group(1)), int(m.group(2))
+        return f"the line has {got} field(s), expected {want}", fix
+    m = _DUPLICATE_RE.search(text)
+    if m:
+        return f"duplicate column name {m.group(1)!r}", "give every column a distinct name"
+    low = text.lower()
+    if "unicode" in low or "utf-8" in low or "utf8" in low:
+        return "the line is not UTF-8 text", "convert the file to UTF-8 (e.g. with iconv)"
+    if "unterminated quote" in low:
+        return "a quoted value is never closed (an unbalanced quote)", "close or remove the quote"
+    if "maximum line size" in low or "line size" in low:
+        return "the line is too long to be a record", "remove or split that line"
+    if "parquet" in low or "magic bytes" in low:
+        return ("the file is not a readable Parquet file (damaged, truncated or of another format)",
+                "write the file again (e.g. pandas DataFrame.to_parquet) or pass a CSV file")
+    if "out of memory" in low or "memory limit" in low:
+        return ("preparation ran out of memory",
+                "give it more memory (-o memory_limit=8GB) or fewer threads (-o threads=1)")
+    if "no files found" in low or "cannot open" in low or "no such file" in low:
+        return "the file cannot be opened", "check that the file exists and is readable"
+    if "could not convert" in low or "conversion" in low:
+        return "a value has the wrong type for its column", fix
+    return "the file cannot be read as a table of the documented format", fix
 
 
 def input_error_from_duckdb(err: duckdb.Error, *, where: str, fix: str | None = None) -> InputError:
-    """An :class:`InputError` that names the file and line DuckDB reports (when it does)."""
+    """An :class:`InputError` in the package's words that names the file and line DuckDB reports.
+
+    DuckDB's own message (its option dump, "CSV Error on Line", ...) is logged at DEBUG level only.
+    """
     text = str(err)
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    head = lines[0] if lines else type(err).__name__
-    head = re.sub(r"^[A-Za-z ]*Error:\s*", "", head)
+    log.debug("DuckDB error (%s): %s", type(err).__name__, text)
     m_file = _FILE_RE.search(text)
     m_line = _LINE_RE.search(text)
     place = m_file.group(1) if m_file else where
     if m_line:
         place = f"{place}, line {m_line.group(1)}"
-    what = head
-    detail = [
-        ln for ln in lines[1:4]
-        if ln.startswith(("Expected Number", "Error when converting", "Could not convert"))
-    ]
-    if detail:
-        what = "; ".join(detail)
+    what, better_fix = _duckdb_what(text, fix)
     m_orig = _ORIGINAL_RE.search(text)
-    if m_orig:
+    if m_orig and m_orig.group(1).strip():
         what += f" (the line reads: {m_orig.group(1)[:200]!r})"
-    return InputError(
-        what, where=place,
-        fix=fix or "check the file's delimiter, header and number of columns against the documented format",
-    )
+    return InputError(what, where=place, fix=better_fix or fix or _DEFAULT_FIX)
 
 
 @contextlib.contextmanager
@@ -230,6 +255,15 @@ class TextTable:
             "auto_detect=false, filename=true, null_padding=false)"
         )
 
+    def scan(self, what: str) -> list[TextScan]:
+        """:func:`~mstdiff.data.textfile.scan_text` of every file (encoding, binary data, line
+        lengths, line counts); ``what`` describes the expected file in fix hints."""
+        return [scan_text(p, quote=self.quote, what=what) for p in self.paths]
+
+    def reconcile(self, scans: list[TextScan], rows: int) -> int:
+        """Check that DuckDB's ``rows`` are all non-blank data lines; return the blank lines."""
+        return reconcile_counts(scans, rows, header=self.header, delimiter=self.delimiter, quote=self.quote)
+
     def locate(self, filename: str, values: Mapping[str, str | None]) -> str:
         """``"<file>, line <n>"`` of the first row holding ``values`` (column -> raw text; None = empty).
 
@@ -254,18 +288,34 @@ class TextTable:
         return f"{path} (column {cols})"
 
 
-def read_header(path: Path, *, delimiter: str = ",", quote: str = '"') -> list[str]:
-    """Column names in the first line of a delimited text file."""
+def read_header(path: Path, *, delimiter: str = ",", quote: str = '"', unique: bool = True) -> list[str]:
+    """Column names in the first line of a delimited text file.
+
+    Raises :class:`InputError` for a file that is not UTF-8 text, has no header line or (with
+    ``unique``) names a column twice.
+    """
+    check_head(Path(path), "a CSV file with a header line")
     try:
         with _open_text(path) as fh:
             reader = csv.reader(fh, delimiter=delimiter, quotechar=quote or '"')
             first = next(reader, None)
-    except OSError as err:
-        raise InputError(f"cannot read the file ({err})", where=str(path)) from err
+    except (OSError, EOFError, csv.Error) as err:
+        raise InputError(f"cannot read the first line ({err})", where=f"{path}, line 1",
+                         fix="pass a UTF-8 text file whose first line names the columns") from err
     if not first:
         raise InputError("the file is empty (no header line)", where=str(path),
                          fix="pass a file whose first line names the columns")
-    return [c.strip().lstrip("\ufeff") for c in first]
+    names = [c.strip().lstrip("\ufeff") for c in first]
+    if unique:
+        seen: dict[str, int] = {}
+        for i, name in enumerate(names):
+            if name in seen:
+                raise InputError(
+                    f"duplicate column name {name!r} in the header (columns {seen[name] + 1} and {i + 1})",
+                    where=f"{path}, line 1", fix="give every column a distinct name",
+                )
+            seen[name] = i
+    return names
 
 
 def first_bad_row(

@@ -14,8 +14,10 @@ alike. :meth:`PreparedDataset.save` writes atomically.
 
 from __future__ import annotations
 
+import json
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from mstdiff.errors import InputError
-from mstdiff.io import atomic_dir, read_json, run_meta, write_json
+from mstdiff.io import atomic_dir, run_meta, write_json
 
 FORMAT_VERSION = 1
 REQUIRED_FILES = ("traffic.npy", "locations.npy", "stations.parquet", "samples.parquet", "meta.json")
@@ -85,11 +87,12 @@ class PreparedDataset:
     stations: pd.DataFrame  # station_id, lat, lon, [features...]
     samples: pd.DataFrame  # user, start
     meta: dict[str, Any] = field(default_factory=dict)
+    where: InitVar[str] = "prepared dataset"  # named in validation errors (load passes the directory)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, where: str) -> None:
         self.traffic = np.ascontiguousarray(self.traffic, dtype=np.float32)
         self.locations = np.ascontiguousarray(self.locations, dtype=np.int32)
-        self.validate()
+        self.validate(where)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -144,7 +147,10 @@ class PreparedDataset:
             ("moves per sample", f"mean {moves.mean():.2f}" if moves.size else "-"),
             ("distinct stations per sample", f"mean {distinct.mean():.2f}" if distinct.size else "-"),
         ]
-        for reason, count in (self.meta.get("counts", {}).get("dropped") or {}).items():
+        counts = self.meta.get("counts")
+        counts = counts if isinstance(counts, dict) else {}
+        dropped = counts.get("records_dropped") or counts.get("dropped") or {}
+        for reason, count in (dropped.items() if isinstance(dropped, dict) else []):
             rows.append((f"records dropped: {reason}", f"{count:,}"))
         width = max(len(k) for k, _ in rows)
         lines = [f"| {'field':<{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
@@ -251,30 +257,162 @@ class PreparedDataset:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, mmap: bool = False) -> PreparedDataset:
-        """Read a prepared dataset directory written by :meth:`save`."""
+        """Read a prepared dataset directory written by :meth:`save`.
+
+        Nothing read can run code (``.npy`` files load with ``allow_pickle=False``). A truncated or
+        corrupt file, a wrong type or shape, and an inconsistent directory raise :class:`InputError`
+        naming the directory and the file, what is wrong, and what to do.
+        """
         path = Path(path)
         if not path.is_dir():
+            what = "not a directory (it is a file)" if path.is_file() else "not a directory (no such path)"
             raise InputError(
-                "not a directory", where=str(path),
+                what, where=str(path),
                 fix="pass the directory written by `mstdiff prepare` (or `mstdiff generate`)",
             )
-        missing = [f for f in REQUIRED_FILES if not (path / f).exists()]
+        missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
         if missing:
             raise InputError(
                 f"not a prepared dataset: missing {', '.join(missing)}", where=str(path),
                 fix="create it with `mstdiff prepare --source ... --out DIR`",
             )
-        if mmap:
-            traffic = np.load(path / "traffic.npy", mmap_mode="r")
-            locations = np.load(path / "locations.npy", mmap_mode="r")
-        else:
-            traffic = np.load(path / "traffic.npy")
-            locations = np.load(path / "locations.npy")
-        stations = pd.read_parquet(path / "stations.parquet")
-        samples = pd.read_parquet(path / "samples.parquet")
-        meta = read_json(path / "meta.json")
-        ds = cls(traffic, locations, stations, samples, meta)
-        return ds
+        meta = _load_meta(path / "meta.json")
+        traffic = _load_npy(path / "traffic.npy", mmap=mmap, kinds="fiu", what="traffic values")
+        locations = _load_npy(path / "locations.npy", mmap=mmap, kinds="iu", what="station indices")
+        if locations.dtype != np.int32 and locations.size:
+            lo, hi = int(locations.min()), int(locations.max())
+            if lo < np.iinfo(np.int32).min or hi > np.iinfo(np.int32).max:
+                raise InputError(f"station indices [{lo}, {hi}] do not fit the index range",
+                                 where=str(path / "locations.npy"), fix=_REDO)
+        stations = _load_parquet(path / "stations.parquet", STATION_COLUMNS)
+        samples = _load_parquet(path / "samples.parquet", SAMPLE_COLUMNS)
+        for col in ("lat", "lon"):
+            values = stations[col]
+            if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+                raise InputError(f"column {col!r} holds {stations[col].dtype} values, not numbers",
+                                 where=str(path / "stations.parquet"), fix=_REDO)
+        T_meta = meta.get("T")
+        if T_meta is not None and traffic.ndim == 2 and T_meta != traffic.shape[1]:
+            raise InputError(f"meta.json says T = {T_meta} but traffic.npy has {traffic.shape[1]} time bins",
+                             where=str(path), fix=_REDO)
+        try:
+            return cls(traffic, locations, stations, samples, meta, where=str(path))
+        except InputError as err:
+            if err.fix:
+                raise
+            raise InputError(err.what, where=err.where, fix=_REDO) from err
+
+
+try:  # the errors pyarrow raises on a damaged file (most derive from the built-in ones below)
+    from pyarrow.lib import ArrowException as _ArrowException
+except ImportError:  # pragma: no cover - pyarrow is a dependency of pandas' Parquet support
+    _ArrowException = OSError
+PARQUET_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, ValueError, TypeError, KeyError, IndexError, NotImplementedError, ImportError, _ArrowException,
+)
+_REDO = "the dataset is damaged: re-run the stage that wrote it (`mstdiff prepare`, or `mstdiff generate`)"
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "source": (str,), "traffic_unit": (str,), "counts": (dict,), "format_version": (int,),
+    "bin_minutes": (int,), "T": (int,),
+}
+
+
+def _load_meta(path: Path) -> dict[str, Any]:
+    """``meta.json`` as a dict, with the types of the fields the package reads checked."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+        meta = json.loads(text)
+    except OSError as err:
+        raise InputError(f"cannot read the file ({err.strerror or err})", where=str(path), fix=_REDO) from err
+    except UnicodeDecodeError as err:
+        raise InputError("not a text file (not UTF-8)", where=str(path), fix=_REDO) from err
+    except json.JSONDecodeError as err:
+        problem = "empty" if not text.strip() else f"not valid JSON ({err.msg})"
+        where = str(path) if not text.strip() else f"{path}, line {err.lineno} column {err.colno}"
+        raise InputError(f"the file is {problem}", where=where, fix=_REDO) from err
+    if not isinstance(meta, dict):
+        raise InputError(f"the file holds a JSON {type(meta).__name__}, not an object", where=str(path),
+                         fix=_REDO)
+    for key, types in _META_TYPES.items():
+        value = meta.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, types) or isinstance(value, bool):
+            kind = {int: "a whole number", str: "text", dict: "a JSON object"}[types[0]]
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise InputError(f"field {key!r} is {shown}, not {kind}", where=str(path), fix=_REDO)
+    if meta.get("bin_minutes") is not None and meta["bin_minutes"] <= 0:
+        raise InputError(f"bin_minutes = {meta['bin_minutes']} is not positive", where=str(path), fix=_REDO)
+    version = meta.get("format_version", FORMAT_VERSION)
+    if version > FORMAT_VERSION:
+        raise InputError(
+            f"written in dataset format {version}; this version of mstdiff reads format {FORMAT_VERSION}",
+            where=str(path), fix="update mstdiff, or re-run `mstdiff prepare` with this version",
+        )
+    return meta
+
+
+def _load_npy(path: Path, *, mmap: bool, kinds: str, what: str) -> np.ndarray:
+    """A ``.npy`` array, never unpickled; its header, length and dtype checked before reading."""
+    fmt = np.lib.format
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            version = fmt.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(fh)
+            else:
+                shape, _, dtype = fmt.read_array_header_2_0(fh)
+            offset = fh.tell()
+    except OSError as err:
+        raise InputError(f"cannot read the file ({err.strerror or err})", where=str(path), fix=_REDO) from err
+    except Exception as err:  # numpy's header parser fails in many ways on a damaged header
+        problem = "empty" if size == 0 else "not a NumPy array file (or its header is damaged)"
+        raise InputError(f"the file is {problem}", where=str(path), fix=_REDO) from err
+    if dtype.hasobject:
+        raise InputError("the array holds Python objects, which mstdiff never unpickles", where=str(path),
+                         fix=_REDO)
+    if dtype.kind not in kinds:
+        raise InputError(f"the array holds {dtype} values, not {what}", where=str(path), fix=_REDO)
+    expected = offset + math.prod(int(n) for n in shape) * dtype.itemsize
+    if size != expected:
+        state = "truncated" if size < expected else "longer than its header says"
+        raise InputError(
+            f"the file is {state}: {size:,} bytes where an array of shape {tuple(shape)} ({dtype}) needs "
+            f"{expected:,}", where=str(path), fix=_REDO,
+        )
+    try:
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:  # pragma: no cover - checked above
+        raise InputError(f"cannot read the array ({type(err).__name__})", where=str(path), fix=_REDO) from err
+    return np.asarray(arr) if not mmap else arr
+
+
+def _load_parquet(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A Parquet table with ``columns`` present."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 4))
+            tail = fh.read(4)
+    except OSError as err:
+        raise InputError(f"cannot read the file ({err.strerror or err})", where=str(path), fix=_REDO) from err
+    if size < 12 or head != b"PAR1" or tail != b"PAR1":
+        problem = ("empty" if size == 0 else "truncated (no Parquet footer)" if head == b"PAR1"
+                   else "not a Parquet file")
+        raise InputError(f"the file is {problem}", where=str(path), fix=_REDO)
+    try:
+        df = pd.read_parquet(path)
+    except PARQUET_ERRORS as err:
+        raise InputError("the Parquet file is damaged (its contents cannot be read)", where=str(path),
+                         fix=_REDO) from err
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise InputError(f"the table lacks column(s) {missing}; it has {list(map(str, df.columns))}",
+                         where=str(path), fix=_REDO)
+    return df
 
 
 def user_level_split(

@@ -38,6 +38,7 @@ from mstdiff.data.binning import (
     duckdb_session,
     ensure_samples,
     fetch_row,
+    read_header,
     reindex_stations,
     run_checks,
     slots_per_window,
@@ -47,6 +48,7 @@ from mstdiff.data.binning import (
     try_double,
 )
 from mstdiff.data.dataset import PreparedDataset, normalisation_stats
+from mstdiff.data.textfile import data_lines, scan_text
 from mstdiff.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -104,8 +106,10 @@ def read_station_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise InputError(
             "station table not found", where=str(path),
-            fix=f"put {STATION_FILE} beside the day files or pass stations=PATH (--stations)",
+            fix=f"put {STATION_FILE} beside the day files or pass its path with -o stations=PATH",
         )
+    scan_text(path, quote='"', what=f"the dataset's {STATION_FILE} (UTF-8 CSV)")
+    read_header(path)  # duplicate column names
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (ValueError, OSError) as err:  # pandas' parser errors are ValueErrors
@@ -250,6 +254,11 @@ def prepare_shanghai(
 
     table = TextTable(tuple(p for p, _ in day_files), COLUMNS, delimiter="\t", header=False, quote="")
     where = ", ".join(str(p) for p, _ in day_files)
+    with timed("shanghai: scan the day files"):
+        scans = table.scan("a Shanghai Telecom day file (UTF-8 text, 5 tab-separated fields per line)")
+    if data_lines(scans, header=False) == 0:
+        raise InputError("the day file(s) have no rows (empty, or blank lines only)", where=where,
+                         fix="pass the Shanghai Telecom day files (5 tab-separated fields per line)")
     with duckdb_session(threads=threads, memory_limit=memory_limit) as con, duckdb_errors(
         where, fix="each line must hold 5 tab-separated fields: start end lat lon user"
     ):
@@ -304,6 +313,8 @@ def prepare_shanghai(
             "SELECT coalesce(drop_reason, 'kept'), count(*) FROM rec GROUP BY ALL").fetchall()}
         if reasons.get("bad_value"):
             run_checks(con, "parsed", checks, table.locate)
+        # every line is a record or a counted problem (DuckDB skips blank lines: counted by the scan)
+        blank = table.reconcile(scans, int(sum(reasons.values())))
         # The station table is joined onto the distinct coordinates of the kept records, not onto
         # the records (a join there let DuckDB build its hash table on the records).
         con.execute("""
@@ -325,8 +336,8 @@ def prepare_shanghai(
                 run_checks(con, "parsed", [Check(
                     f"CASE WHEN {kept_coords} THEN list_contains({listed}, {key}) END",
                     ("lat", "lon"), f"coordinates match no station of {station_path.name}",
-                    "pass the matching station table (stations=...), or drop such records with "
-                    "unknown_stations='drop' (--unknown-stations drop)",
+                    "pass the matching station table (-o stations=PATH), or drop and count such "
+                    "records with -o unknown_stations=drop",
                 )], table.locate)
             con.execute("DELETE FROM rec WHERE drop_reason IS NOT NULL "
                         f"OR list_contains({listed}, [lat_key, lon_key])")
@@ -351,8 +362,11 @@ def prepare_shanghai(
         with timed("shanghai: binning"):
             binned = bin_slots(con, "cells", T=T, min_active_slots=min_active_slots, traffic="union_minutes")
 
+    reasons["blank_line"] = blank
     n_read = int(sum(reasons.values()))
     dropped = {r: int(reasons.get(r, 0)) for r in ("zero_coordinates", "outside_bbox", "unknown_station")}
+    if blank:  # blank lines are counted only where there are some
+        dropped["blank_line"] = int(blank)
     filters_txt = f"bbox={list(bbox) if bbox else None}, min_active_slots={min_active_slots}"
     if int(reasons.get("kept", 0)) == 0:
         raise InputError(

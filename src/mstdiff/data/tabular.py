@@ -45,7 +45,8 @@ from mstdiff.data.binning import (
     try_double,
     window_slot_sql,
 )
-from mstdiff.data.dataset import PreparedDataset, normalisation_stats
+from mstdiff.data.dataset import PARQUET_ERRORS, PreparedDataset, normalisation_stats
+from mstdiff.data.textfile import check_parquet, data_lines, scan_text
 from mstdiff.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -109,14 +110,44 @@ def record_files(records: Path) -> tuple[str, list[Path]]:
     return kind, [records]
 
 
+RESERVED_COLUMNS = ("filename",)  # added by the reader to every row
+
+
+def usable_header(path: Path, header: list[str], *, place: str = "line 1") -> list[str]:
+    """``header`` with empty names as ``column<N>``; a reserved name raises :class:`InputError`."""
+    out = [name or f"column{i + 1}" for i, name in enumerate(header)]
+    for i, name in enumerate(out):
+        if name.lower() in RESERVED_COLUMNS:
+            raise InputError(f"column {i + 1} is named {name!r}, a name the reader uses itself",
+                             where=f"{path}, {place}", fix="rename that column")
+    if len(set(out)) != len(out):
+        dup = next(n for n in out if out.count(n) > 1)
+        raise InputError(f"duplicate column name {dup!r} in the header", where=f"{path}, {place}",
+                         fix="give every column a distinct name")
+    return out
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    """Column names of a Parquet file (from its footer only)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return [str(n) for n in pq.read_schema(path).names]
+    except PARQUET_ERRORS as err:
+        log.debug("pyarrow could not read the schema of %s: %s", path, err)
+        raise InputError("the Parquet file is damaged: its schema cannot be read", where=str(path),
+                         fix="write the file again (e.g. pandas DataFrame.to_parquet) or pass a CSV file",
+                         ) from err
+
+
 def _missing_columns(path: Path, have: list[str], need: Mapping[str, str], option: str) -> None:
     missing = {role: name for role, name in need.items() if name not in have}
     if missing:
         names = ", ".join(f"{name!r} ({role})" for role, name in missing.items())
-        example = ", ".join(f"{role}=NAME" for role in missing)
+        example = ", ".join(f"{role}: NAME" for role in missing)
         raise InputError(
             f"missing column(s) {names}; the file has columns {have}", where=str(path),
-            fix=f"rename the columns or map them with {option} ({example})",
+            fix=f"rename the columns or map them with -o '{option}={{{example}}}'",
         )
 
 
@@ -125,13 +156,21 @@ def _read_small_table(path: Path, *, delimiter: str) -> pd.DataFrame:
     kind = _kind(path)
     if not path.is_file():
         raise InputError("no such file", where=str(path), fix="pass an existing station table")
+    sep = "\t" if path.name.lower().endswith((".tsv", ".tsv.gz")) else delimiter
+    if kind == "parquet":
+        check_parquet(path)
+    else:
+        scan_text(path, quote='"', what="a station table: CSV (UTF-8, with a header line) or Parquet")
+        read_header(path, delimiter=sep)  # duplicate column names
     try:
         if kind == "parquet":
             return pd.read_parquet(path)
-        sep = "\t" if path.name.lower().endswith((".tsv", ".tsv.gz")) else delimiter
         return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
-    except (ValueError, OSError, ImportError) as err:
-        raise InputError(f"cannot read the table ({err})", where=str(path),
+    except PARQUET_ERRORS as err:  # pandas' CSV parser errors are ValueErrors
+        log.debug("pandas could not read %s: %s", path, err)
+        problem = ("its columns cannot be read" if kind == "parquet"
+                   else "its lines cannot be split into the header's columns")
+        raise InputError(f"cannot read the table: {problem}", where=str(path),
                          fix="pass a CSV file with a header line, or a Parquet file") from err
 
 
@@ -197,10 +236,12 @@ def read_station_table(
 
 def _timestamp_sql(col: str, col_type: str, fmt: str | None) -> str:
     c = sql_ident(col)
-    if fmt in ("unix", "unix_s"):
-        return f"make_timestamp(CAST(round({try_double(c)} * 1e6) AS BIGINT))"
-    if fmt == "unix_ms":
-        return f"make_timestamp(CAST(round({try_double(c)} * 1e3) AS BIGINT))"
+    if fmt in ("unix", "unix_s", "unix_ms"):
+        # epoch numbers beyond +-1e11 s (year ~5000), NaN and inf give NULL: an unparsable timestamp
+        scale = 1e6 if fmt != "unix_ms" else 1e3
+        v = try_double(c)
+        return (f"CASE WHEN isfinite({v}) AND abs({v} * {scale}) < 1e17 "
+                f"THEN make_timestamp(CAST(round({v} * {scale}) AS BIGINT)) END")
     if col_type.upper().startswith(("TIMESTAMP", "DATE")):
         return f"CAST({c} AS TIMESTAMP)"
     if fmt is None:
@@ -265,17 +306,27 @@ def prepare_tabular(
         row_cols: tuple[str, ...] = ()
         if kind == "text":
             sep = "\t" if files[0].name.lower().endswith((".tsv", ".tsv.gz")) else delimiter
-            header = read_header(files[0], delimiter=sep)
+            header = usable_header(files[0], read_header(files[0], delimiter=sep))
             for f in files[1:]:
-                if read_header(f, delimiter=sep) != header:
+                if usable_header(f, read_header(f, delimiter=sep)) != header:
                     raise InputError(f"the header differs from that of {files[0].name}", where=str(f),
                                      fix="all record files in a folder must have the same columns")
             _missing_columns(files[0], header, cols, "columns")
             table = TextTable(tuple(files), tuple(header), delimiter=sep, header=True, quote='"')
+            scans = table.scan("a records table: CSV (UTF-8, with a header line) or Parquet")
+            if data_lines(scans, header=True) == 0:
+                raise InputError("the records table has no rows (only a header line)", where=where,
+                                 fix="pass a non-empty table")
             relation = table.relation()
             locate = table.locate
             types = {name: "VARCHAR" for name in header}
         else:
+            for f in files:
+                check_parquet(f)
+                names = _parquet_columns(f)
+                if usable_header(f, names, place="schema") != names:
+                    raise InputError("the file has a column without a name", where=str(f),
+                                     fix="name every column")
             relation = (
                 "read_parquet([" + ", ".join(sql_str(p) for p in files) + "], filename=true, "
                 "file_row_number=true)"
@@ -301,8 +352,11 @@ def prepare_tabular(
             FROM {relation}
         """)
         fmt_hint = (
-            "timestamps must be ISO 8601 (e.g. 2016-04-20 08:13:19) unless you pass timestamp_format "
-            "(a strptime format such as %Y%m%d%H%M%S, or unix / unix_ms)"
+            "with timestamp_format=unix (unix_ms) the timestamps are finite seconds (milliseconds) since "
+            "1970-01-01, within +-1e11 s" if str(timestamp_format).startswith("unix") else
+            "timestamps must be ISO 8601 (e.g. 2016-04-20 08:13:19) unless you pass their format with "
+            "-o timestamp_format=FORMAT, a strptime format in quotes because of the %, e.g. "
+            "-o \"timestamp_format='%Y%m%d%H%M%S'\", or unix / unix_ms"
         )
         run_checks(con, "parsed", [
             Check("_user IS NULL OR _user = ''", (cols["user"], *row_cols),
@@ -320,6 +374,8 @@ def prepare_tabular(
 
         n_read, first = fetch_row(con, "SELECT count(*), min(_ts) FROM parsed")
         n_read = int(n_read)
+        # every line is a record or a counted problem (DuckDB skips blank lines: counted by the scan)
+        blank = table.reconcile(scans, n_read) if kind == "text" else 0
         if n_read == 0:
             raise InputError("the records table has no rows", where=where, fix="pass a non-empty table")
         if origin is None:
@@ -376,8 +432,8 @@ def prepare_tabular(
             run_checks(con, "parsed", [Check(
                 f"NOT {before} AND list_contains({listed}, _station)", (cols["station"], *row_cols),
                 f"station id not in the station table {Path(str(stations)).name}",
-                "add the station to the station table, or drop such records with "
-                "unknown_stations='drop' (--unknown-stations drop)",
+                "add the station to the station table, or drop and count such records with "
+                "-o unknown_stations=drop",
             )], locate)
         con.execute("""
             CREATE TEMP VIEW cells AS
@@ -387,6 +443,9 @@ def prepare_tabular(
         binned = bin_slots(con, "cells", T=T, min_active_slots=min_active_slots)
 
     dropped = {r: int(reasons.get(r, 0)) for r in ("before_origin", "unknown_station")}
+    if blank:  # blank lines are counted only where there are some
+        dropped["blank_line"] = int(blank)
+    n_read += blank
     filters_txt = f"origin={origin_txt}, min_active_slots={min_active_slots}"
     if int(reasons.get("kept", 0)) == 0:
         raise InputError(f"no record is left after the filters ({n_read} read, dropped: {dropped})",
