@@ -129,3 +129,10 @@ def test_cli_generate_numbers_are_checked_by_the_parser(tmp_path, args):
     base = ["generate", "--model", "m", "--like", "l", "--n", "2", "--out", str(tmp_path / "g")]
     res = CliRunner().invoke(cli, base + args)
     assert res.exit_code == 2 and "Invalid value" in res.output
+
+
+def test_reader_option_that_is_not_yaml_is_kept_as_text():
+    from mstdiff.cli import _parse_options
+
+    assert _parse_options(("timestamp_format=%Y%m%d%H%M%S", "n=3")) == {"timestamp_format": "%Y%m%d%H%M%S",
+                                                                         "n": 3}

@@ -24,7 +24,10 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
         if "=" not in text:
             raise InputError(f"option {text!r} has no '='", where="-o/--option", fix="write KEY=VALUE")
         k, v = text.split("=", 1)
-        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        try:
+            out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        except yaml.YAMLError:  # not YAML (e.g. %Y%m%d): the text as given
+            out[k.strip().replace("-", "_")] = v
     return out
 
 
