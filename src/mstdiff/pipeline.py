@@ -332,6 +332,11 @@ def run_benchmark(config: BenchmarkConfig, out: str | os.PathLike[str], *, overw
     timings: dict[str, float] = {}
     st = run_shared_stages(config, out, timings, progress=progress, need_mstdiff=bool(variants))
     n = config.generate.n or st.test.n_samples
+    for model in baselines.values():  # e.g. ADAPTIVE's `embeddings: run` → this run's embed stage
+        for part in getattr(model, "parts", (model,)):
+            bind = getattr(part, "bind_run_dir", None)
+            if callable(bind):
+                bind(out)
     generated: dict[str, PreparedDataset] = {}
     costs: dict[str, dict[str, float]] = {}
     for name in config.models:
@@ -355,7 +360,7 @@ def run_benchmark(config: BenchmarkConfig, out: str | os.PathLike[str], *, overw
     cost_lines = ["| model | wall time (s) | peak RSS so far (MiB) | independent pair |",
                   "|---|---:|---:|---|"]
     for name, c in costs.items():
-        pair = "yes" if "+" in name else "no"
+        pair = "yes" if getattr(baselines.get(name), "independent", False) else "no"
         cost_lines.append(f"| {name} | {c['seconds']:.1f} | {c['peak_rss_mb']:.0f} | {pair} |")
     table = result.to_markdown()
     md = (f"# Benchmark\n\nReal set: test split ({st.test.n_samples} samples, N = {st.data.n_stations}, "
@@ -363,7 +368,8 @@ def run_benchmark(config: BenchmarkConfig, out: str | os.PathLike[str], *, overw
           + "\n".join(cost_lines)
           + "\n\nWall time covers fitting (or training) and generation; a model whose output already "
             "existed shows only its loading time. Peak RSS is the process maximum up to the end of that "
-            "model (it never decreases). Pairs `a+b` generate traffic and trajectories independently.\n")
+            "model (it never decreases). Pairs `a+b` generate traffic and trajectories independently, except "
+            "coupled ones (independent pair: no) whose traffic follows the trajectory model's locations.\n")
     atomic_write_text(out / "results.md", md)
     results = run_meta(stage="benchmark", models=config.models, costs=costs, stage_timings=timings,
                        metrics=result.to_dict(), sizes={"test": st.test.n_samples, "generated": n})

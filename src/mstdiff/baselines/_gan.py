@@ -233,8 +233,9 @@ class GANBaseline(Baseline):
         with local_rng(tc.seed), cpu_threads(tc.threads):
             G, D = self._build_networks(self.T)
             G, D = G.to(self.device), D.to(self.device)
-            opt_g = torch.optim.Adam(G.parameters(), lr=tc.lr_g, betas=tuple(tc.betas))
-            opt_d = torch.optim.Adam(D.parameters(), lr=tc.lr_d, betas=tuple(tc.betas))
+            betas = (float(tc.betas[0]), float(tc.betas[1]))
+            opt_g = torch.optim.Adam(G.parameters(), lr=tc.lr_g, betas=betas)
+            opt_d = torch.optim.Adam(D.parameters(), lr=tc.lr_d, betas=betas)
             ema = EMA(G, tc.ema_decay)
             g = torch.Generator().manual_seed(tc.seed)
             step, epoch = 0, 0
@@ -253,7 +254,8 @@ class GANBaseline(Baseline):
             while step < total:
                 epoch += 1
                 perm = torch.randperm(U, generator=g)
-                rec = {"epoch": epoch, "d_loss": 0.0, "g_loss": 0.0, "wasserstein": 0.0, "gp": 0.0}
+                rec: dict[str, Any] = {"epoch": epoch, "d_loss": 0.0, "g_loss": 0.0, "wasserstein": 0.0,
+                                       "gp": 0.0}
                 n_d = n_g = 0
                 for a in range(0, U, tc.batch_size):
                     if step >= total:

@@ -78,7 +78,9 @@ class ADAPTIVEConfig:
     """ADAPTIVE traffic baseline: station-feature-conditioned WGAN-GP, optional cross-city source."""
 
     features: str = "auto"  # auto | embeddings | poi | coords (module docstring)
-    embeddings: str | None = None  # station-embedding .npy of the training (target) city, rows = stations
+    # station-embedding .npy of the training (target) city, one row per station; "run": the embed
+    # stage of the `mstdiff benchmark` run directory (RUN/embed/station_embeddings.npy)
+    embeddings: str | None = None
     source: str | None = None  # prepared dataset directory of a source city: train there, align, transfer
     source_embeddings: str | None = None  # station-embedding .npy of the source city (features = embeddings)
     align_steps: int = 300  # Adam steps of the feature alignment (source only)
@@ -283,8 +285,18 @@ class ADAPTIVE(GANBaseline):
         self.feature_kind: str | None = None
         self.alignment: dict[str, Any] | None = None
 
+    def bind_run_dir(self, run_dir: str | Path) -> None:
+        """Resolve ``embeddings: run`` to ``run_dir/embed/station_embeddings.npy`` (called by
+        :func:`mstdiff.pipeline.run_benchmark` before fitting)."""
+        if self.config.embeddings == "run":
+            self.config.embeddings = str(Path(run_dir) / "embed" / "station_embeddings.npy")
+
     def _training_data(self, train: PreparedDataset) -> tuple[np.ndarray, np.ndarray | None]:
         cfg: ADAPTIVEConfig = self.config
+        if cfg.embeddings == "run":
+            raise InputError("embeddings: run is only resolved inside `mstdiff benchmark`",
+                             where="baselines.adaptive.embeddings",
+                             fix="give the path of a station_embeddings.npy (RUN/embed/ of a run)")
         target, kind = station_features(train, cfg.features, cfg.embeddings)
         self.feature_kind = kind
         self.trajectories = np.ascontiguousarray(train.locations, dtype=np.int32)
@@ -333,7 +345,7 @@ class ADAPTIVE(GANBaseline):
 
     def _calibrate(self, train: PreparedDataset) -> None:
         # generation (and so calibration) runs on the target city's (aligned) features
-        assert self.generator is not None and self.target_features is not None
+        assert isinstance(self.generator, AdaptiveGenerator) and self.target_features is not None
         self.generator.set_features(self.target_features)
         super()._calibrate(train)
 
