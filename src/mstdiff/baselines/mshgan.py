@@ -1,10 +1,11 @@
 """MSH-GAN: a GAN for individual users' mobile traffic series with a switch-mode generator group.
 
-Re-implemented from the description of MSH-GAN in the MSTDiff paper's baselines (§IV) and the
-issue that asked for it: individual behaviour is captured by a **BiLSTM plus self-attention**, and
-group-level behaviour by a **switch-mode generator group** (a small set of mode generators and a
-learned switch choosing among them). The original publication's text was not reachable from here;
-where the description is silent we took the standard option, listed below.
+MSH-GAN is one of the traffic baselines of the MSTDiff paper. Re-implemented from the description
+we had of it (the project's issue 15): individual behaviour is captured by a **BiLSTM plus
+self-attention**, and group-level behaviour by a **switch-mode generator group** (a small set of
+mode generators and a learned switch choosing among them per sample or per segment). The original
+publication's text was not reachable from here; where the description is silent we took the
+standard option, listed below, so this is "an MSH-GAN-style model", not a verified replica.
 
 Generator ``G(z)``, for ``B`` samples of ``T`` slots (``z_g ~ N(0, I_Z)`` per sample,
 ``z_t ~ N(0, I_{Z_t})`` per slot, ``e_t`` the sinusoidal slot-position embedding)::
@@ -26,9 +27,9 @@ Choices where the description is silent (the standard options):
   its first differences and the slot position (:class:`~mstdiff.baselines._gan.Critic`);
 - **switch**: a soft switch (softmax with temperature ``τ``), one choice per segment of
   ``T / segments`` slots (``segments = 1``: one mode mixture per sample); a hard choice is not
-  differentiable, and a straight-through estimator trained poorly in our tests, so the soft switch
-  is the default. ``switch_entropy`` (a penalty on the batch-mean switch entropy being low) keeps
-  the generator group from collapsing onto one mode;
+  differentiable and the soft switch needs no gradient estimator (we did not try a hard,
+  straight-through one). ``switch_entropy`` (a penalty on the batch-mean switch entropy being low)
+  keeps the generator group from collapsing onto one mode;
 - **modes**: ``K = 4`` mode generators, each a two-layer MLP of the sample latent;
 - **data space**: series in the model space of the shared
   :class:`~mstdiff.data.scaling.TrafficScaler` (``(log1p(m) − μ)/σ``); generated series are decoded
