@@ -462,6 +462,11 @@ def _run_benchmark(config: BenchmarkConfig, out: Path, variants: dict[str, RunCo
     timings: dict[str, float] = {}
     st = run_shared_stages(config, out, timings, progress=progress, need_mstdiff=bool(variants))
     n = config.generate.n or st.test.n_samples
+    for model in baselines.values():  # e.g. ADAPTIVE's `embeddings: run` → this run's embed stage
+        for part in getattr(model, "parts", (model,)):
+            bind = getattr(part, "bind_run_dir", None)
+            if callable(bind):
+                bind(out)
     generated: dict[str, PreparedDataset] = {}
     costs: dict[str, dict[str, float]] = {}
     for name in config.models:
@@ -485,7 +490,7 @@ def _run_benchmark(config: BenchmarkConfig, out: Path, variants: dict[str, RunCo
     cost_lines = ["| model | wall time (s) | peak RSS so far (MiB) | independent pair |",
                   "|---|---:|---:|---|"]
     for name, c in costs.items():
-        pair = "yes" if "+" in name else "no"
+        pair = "yes" if getattr(baselines.get(name), "independent", False) else "no"
         cost_lines.append(f"| {name} | {c['seconds']:.1f} | {c['peak_rss_mb']:.0f} | {pair} |")
     table = result.to_markdown()
     md = (f"# Benchmark\n\nReal set: test split ({st.test.n_samples} samples, N = {st.data.n_stations}, "
@@ -493,7 +498,8 @@ def _run_benchmark(config: BenchmarkConfig, out: Path, variants: dict[str, RunCo
           + "\n".join(cost_lines)
           + "\n\nWall time covers fitting (or training) and generation; a model whose output already "
             "existed shows only its loading time. Peak RSS is the process maximum up to the end of that "
-            "model (it never decreases). Pairs `a+b` generate traffic and trajectories independently.\n")
+            "model (it never decreases). Pairs `a+b` generate traffic and trajectories independently, except "
+            "coupled ones (independent pair: no) whose traffic follows the trajectory model's locations.\n")
     atomic_write_text(out / "results.md", md)
     results = run_meta(stage="benchmark", models=config.models, costs=costs, stage_timings=timings,
                        metrics=result.to_dict(), sizes={"test": st.test.n_samples, "generated": n})

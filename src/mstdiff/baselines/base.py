@@ -283,6 +283,10 @@ class Pair(Baseline):
     The parts are fitted on the same training set and generated **independently** with two child
     seeds of ``seed`` (``numpy.random.SeedSequence(seed).spawn(2)``): sample i of the traffic is not
     tied to sample i of the trajectory. The name is ``"<first>+<second>"`` in the order given.
+
+    Exception: a traffic model with ``conditions_on_locations = True`` (ADAPTIVE) gets the
+    trajectory model's locations through its ``generate_given(locations, seed=...)``; such a pair
+    is coupled (``independent`` is False), with the trajectory model as its trajectory source.
     """
 
     produces: ClassVar[frozenset[str]] = frozenset(OUTPUTS)
@@ -319,6 +323,11 @@ class Pair(Baseline):
     def fitted(self) -> bool:
         return all(p.fitted for p in self.parts)
 
+    @property
+    def independent(self) -> bool:
+        """False when the traffic model conditions on the trajectory model's locations."""
+        return not getattr(self.traffic_model, "conditions_on_locations", False)
+
     def fit(self, train: PreparedDataset, *, val: PreparedDataset | None = None,
             progress: bool = True) -> Pair:
         for part in self.parts:
@@ -329,8 +338,12 @@ class Pair(Baseline):
     def generate(self, n: int, *, seed: int, progress: bool = True) -> GeneratedSeries:
         self._check_fitted()
         s_tr, s_loc = child_seeds(seed, 2)
-        traffic = self.traffic_model.generate(n, seed=s_tr, progress=progress).traffic
         locations = self.location_model.generate(n, seed=s_loc, progress=progress).locations
+        if self.independent:
+            traffic = self.traffic_model.generate(n, seed=s_tr, progress=progress).traffic
+        else:  # traffic along the generated trajectories
+            traffic = self.traffic_model.generate_given(  # type: ignore[attr-defined]
+                locations, seed=s_tr, progress=progress).traffic
         return GeneratedSeries(traffic=traffic, locations=locations)
 
     def _get_state(self) -> dict[str, Any]:
@@ -367,7 +380,9 @@ def generate_dataset(model: Baseline, train: PreparedDataset, n: int, seed: int,
     """Generate ``n`` samples with ``model`` as a prepared dataset on ``train``'s station table.
 
     ``meta`` records ``model`` (the name), ``produces`` (the outputs the model generates),
-    ``independent_pair`` (true for a :class:`Pair`: traffic and trajectory drawn independently),
+    ``independent_pair`` (true for a :class:`Pair` whose traffic and trajectory are drawn
+    independently; false for a coupled pair such as ``adaptive+markov``), ``trajectory_source``
+    (for a coupled pair: the trajectory model whose locations the traffic follows),
     ``seed`` and the model config. An output the model does not produce is filled with zeros and
     listed under ``meta["placeholder"]`` so that the evaluation can skip its metrics.
     """
@@ -397,10 +412,12 @@ def generate_dataset(model: Baseline, train: PreparedDataset, n: int, seed: int,
         "model": model.name,
         "generator": "baseline",
         "produces": sorted(model.produces),
-        "independent_pair": isinstance(model, Pair),
+        "independent_pair": isinstance(model, Pair) and model.independent,
         "seed": int(seed),
         "model_config": to_dict(model.config),
     }
+    if isinstance(model, Pair) and not model.independent:
+        meta["trajectory_source"] = model.location_model.name
     if placeholder:
         meta["placeholder"] = placeholder
     meta.update(meta_update)
