@@ -286,7 +286,7 @@ def plot_trajectories(sets: Mapping[str, Any], path: Path, *, rng: np.random.Gen
         ax.set_ylabel("lat")
         ax.set_xlim(lo[1], hi[1])
         ax.set_ylim(lo[0], hi[0])
-        ax.set_aspect(aspect, adjustable="datalim")
+        ax.set_aspect(aspect, adjustable="box")
     for ax in axes[len(names):]:
         ax.set_visible(False)
     return _save(fig, path)

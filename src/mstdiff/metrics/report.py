@@ -140,7 +140,8 @@ def _memo_table(memo: dict[str, dict[str, Any]]) -> list[str]:
 def _utility_table(util: dict[str, dict[str, float]], unit: str | None) -> list[str]:
     cols = [("markov_acc1", "next loc. acc@1 (first-order)"), ("markov_acc5", "acc@5"),
             ("markov_hour_acc1", "acc@1 (first-order × hour)"), ("markov_hour_acc5", "acc@5"),
-            ("ridge_mae", f"next-slot traffic MAE [{unit or 'traffic unit'}]")]
+            ("ridge_mae", f"next-slot traffic MAE, ridge [{unit or 'traffic unit'}]"),
+            ("mlp_mae", "MAE, MLP")]
     lines = ["| fitted on | " + " | ".join(c[1] for c in cols) + " |", "|:---|" + "---:|" * len(cols)]
     for name, r in util.items():
         cells = []
