@@ -102,7 +102,8 @@ def _legend(res: EvaluationResult, bold: dict[str, str]) -> list[str]:
         lines.append("A model cell without ± is the same in every draw (the whole real set against the whole "
                      "generated set); its sampling spread is the floor's sd.")
     if res.floor_rows:
-        what = ("the whole real set against an equal number of reference-set samples drawn user by user"
+        what = ("the whole real set and an equal number of samples drawn at random from the reference "
+                "set (other users)"
                 if kind == "real vs reference" else
                 "two user-disjoint halves of the real set (users split at random, trimmed to equal n)")
         lines.append(f"**floor**: the same metrics between {what}: what a fresh draw of real users "
