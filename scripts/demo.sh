@@ -6,9 +6,7 @@ bash scripts/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
 OUT="${1:-runs/demo}"
-mstdiff run configs/demo.yaml --out "$OUT" --overwrite
-echo
-cat "$OUT/evaluate/metrics.md"
+mstdiff run configs/demo.yaml --out "$OUT" --overwrite  # prints the metrics table once
 echo
 echo "Run directory: $OUT (plots under $OUT/evaluate/plots)"
 # the generated set must pass its own sanity checks (possible values, realistic moves)

@@ -112,19 +112,31 @@ def split(
 @click.option("--generated", type=click.Path(path_type=Path), multiple=True, required=True,
               help="Generated dataset directory (repeatable); NAME=DIR names the row.")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of the floor subsets.")
+@click.option("--reference", type=click.Path(path_type=Path), default=None,
+              help="Second real set of other users (e.g. the train split) for the floor: then model and "
+              "floor rows use the whole real set.")
+@click.option("--train", type=click.Path(path_type=Path), default=None,
+              help="The generators' training set: adds memorisation and train-on-synthetic scores.")
+@click.option("--draws", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Random draws (mean ± sd).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the draws.")
 @click.option("--no-plots", is_flag=True)
 @click.option("--overwrite", is_flag=True)
-def evaluate(real: Path, generated: tuple[Path, ...], out: Path, seed: int, no_plots: bool,
-             overwrite: bool) -> None:
+def evaluate(real: Path, generated: tuple[Path, ...], out: Path, reference: Path | None, train: Path | None,
+             draws: int, seed: int, no_plots: bool, overwrite: bool) -> None:
     """Compare generated sets with a real set; write metrics.json, metrics.md and plots."""
     from mstdiff.metrics.evaluate import evaluate_dirs
 
-    result = evaluate_dirs(real, [str(g) for g in generated], out, seed=seed, plots=not no_plots,
-                           overwrite=overwrite)
+    result = evaluate_dirs(real, [str(g) for g in generated], out, reference=reference, train=train,
+                           draws=draws, seed=seed, plots=not no_plots, overwrite=overwrite)
     click.echo(result.to_markdown())
+    _echo_warnings(result.warnings)
     click.echo(f"\nwrote {out}")
+
+
+def _echo_warnings(warnings: list[str]) -> None:
+    for w in warnings:
+        click.secho(f"WARNING: {w}", fg="red", bold=True, err=True)
 
 
 # --------------------------------------------------------------------------- knowledge graph
@@ -271,9 +283,15 @@ def generate_cmd(model_path: Path, like: Path, n: int, out: Path, seed: int, bat
     from mstdiff.training.mstdiff import MSTDiff, generate
 
     model = MSTDiff.load(model_path).with_sampling(**_parse_options(sampling))
-    ds = generate(model, PreparedDataset.load(like), n, out, seed=seed,
+    like_ds = PreparedDataset.load(like)
+    ds = generate(model, like_ds, n, out, seed=seed,
                   batch_size=batch_size, device=device, overwrite=overwrite)
     click.echo(ds.summary())
+    from mstdiff.metrics.sanity import compare_sanity
+
+    table, problems = compare_sanity(like_ds, ds, names=(f"{like.name} (--like)", "generated"))
+    click.echo("\n" + table)
+    _echo_warnings([f"generated: {p}" for p in problems])
 
 
 @cli.command()

@@ -97,7 +97,7 @@ class GenerateConfig:
 class EvaluateConfig:
     CHECKS: ClassVar[dict[str, Check]] = {"seed": ge(0)}
 
-    seed: int = 0  # seed of the floor subsets
+    seed: int = 0  # seed of the floor draws (the floor: the test split against train-split users)
     plots: bool = True  # write PNG plots
 
 
@@ -341,7 +341,7 @@ def _run_pipeline(config: RunConfig, out: Path, progress: bool) -> dict[str, Any
     gen = train_and_generate_mstdiff(config, out, st, out, n, timings, progress=progress)
     with _stage("evaluate", timings):
         result = evaluate(st.test, {"mstdiff": gen}, out / "evaluate", seed=config.evaluate.seed,
-                          plots=config.evaluate.plots, overwrite=True)
+                          reference=st.train, train=st.train, plots=config.evaluate.plots, overwrite=True)
     meta = run_meta(stage="run", timings=timings,
                     sizes={"train": st.train.n_samples, "val": st.val.n_samples, "test": st.test.n_samples,
                            "generated": gen.n_samples, "stations": st.data.n_stations, "T": st.data.T})
@@ -486,7 +486,7 @@ def _run_benchmark(config: BenchmarkConfig, out: Path, variants: dict[str, RunCo
         logger.info("benchmark: %s done in %.1f s", name, costs[name]["seconds"])
     with _stage("evaluate", timings):
         result = evaluate(st.test, generated, out / "evaluate", seed=config.evaluate.seed,
-                          plots=config.evaluate.plots, overwrite=True)
+                          reference=st.train, train=st.train, plots=config.evaluate.plots, overwrite=True)
     cost_lines = ["| model | wall time (s) | peak RSS so far (MiB) | independent pair |",
                   "|---|---:|---:|---|"]
     for name, c in costs.items():

@@ -150,3 +150,84 @@ def test_top_count_is_robust_to_float_rounding():
     from mstdiff.metrics.trajectory import top_count
 
     assert [top_count(n) for n in (1, 5, 10, 30, 31, 2000, 3042)] == [1, 1, 1, 3, 4, 200, 305]
+
+
+def test_radius_is_exactly_zero_for_one_station_samples():
+    # issue 13: the float mean of 48 equal latitudes differs from the latitude by ~1e-15°
+    coords = np.array([[31.237872, 121.470259], [31.246946, 121.513919]])
+    a, b = np.zeros((5, 48), dtype=int), np.ones((5, 48), dtype=int)
+    assert (radius_of_gyration(a, coords) == 0).all() and (radius_of_gyration(b, coords) == 0).all()
+    assert radius_jsd(a, b, coords) == 0.0
+    mixed = np.array([[0] * 47 + [1]])
+    assert radius_of_gyration(mixed, coords)[0] > 0
+
+
+def test_home_cells_hand_made():
+    from mstdiff.metrics.trajectory import home_cells
+
+    coords = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+    loc = np.array([[0, 0, 1, 1, 1], [2, 2, 1, 1, 0], [3, 3, 3, 1, 1]])
+    # main stations 1, 1 (tie 1 vs 2 → smaller index), 3; one cut at 1.5 in lat and lon
+    np.testing.assert_array_equal(home_cells(loc, coords, np.array([1.5]), np.array([1.5])), [0, 0, 3])
+
+
+def _clustered_city(U, N, rng):
+    """Each user at one of a few personal stations; station popularity heavy-tailed."""
+    coords = np.column_stack([rng.uniform(31, 31.4, N), rng.uniform(121, 121.5, N)])
+    pop = rng.pareto(1.2, N) + 0.1
+    home = rng.choice(N, U, p=pop / pop.sum())
+    other = rng.choice(N, U, p=pop / pop.sum())
+    T = 48
+    day = rng.random((U, T)) < np.where(np.arange(T) % 48 > 18, 0.5, 0.05)
+    return np.where(day, other[:, None], home[:, None]), coords
+
+
+def test_iid_visits_generator_does_not_beat_the_floor_on_home_cell_jsd():
+    """issue 13: slots drawn i.i.d. from the training visits beat the real floor on the per-station
+    visit JSD (location_jsd), not on home_cell_jsd."""
+    from mstdiff.metrics.trajectory import home_cell_jsd
+
+    rng = np.random.default_rng(0)
+    N = 400
+    loc, coords = _clustered_city(1200, N, rng)
+    train, test = loc[:800], loc[800:]
+    visits = np.bincount(train.ravel(), minlength=N) / train.size
+    old_floor, old_iid, new_floor, new_iid = [], [], [], []
+    for _ in range(5):
+        perm = rng.permutation(400)
+        a, b = test[perm[:200]], test[perm[200:]]
+        iid = rng.choice(N, size=b.shape, p=visits)
+        old_floor.append(location_jsd(a, b, N))
+        old_iid.append(location_jsd(a, iid, N))
+        new_floor.append(home_cell_jsd(a, b, coords))
+        new_iid.append(home_cell_jsd(a, iid, coords))
+    assert np.mean(old_iid) < np.mean(old_floor)  # the old metric is gamed ...
+    assert np.mean(new_iid) > np.mean(new_floor) + np.std(new_floor)  # ... the new one is not
+    assert home_cell_jsd(test, test.copy(), coords) == 0.0
+
+
+def test_radius_bins_show_a_25_percent_error_at_n_400():
+    """issue 13: one value per sample, so the JSD floor is ≈ bins / (4 n ln 2); with the default bins a
+    25 % radius error sits above the floor (mean + sd) at n = 400, with 50 bins it is lost in it."""
+    from mstdiff.metrics.jsd import histogram_jsd
+    from mstdiff.metrics.trajectory import RADIUS_BINS
+
+    rng = np.random.default_rng(1)
+
+    def radii(n):  # Shanghai train split: 18 % stay at one station; log km mean 0.86, sd 1.26
+        return np.where(rng.random(n) < 0.18, 0.0, rng.lognormal(0.86, 1.26, n))
+
+    def gap(bins):  # (wrong - floor) / floor sd, the real side fixed as in the reference protocol
+        out = []
+        for _ in range(20):
+            real = radii(400)
+            floor = [histogram_jsd(real, radii(400), bins=bins, method="quantile", zero_bin=True)
+                     for _ in range(30)]
+            wrong = [histogram_jsd(real, 1.25 * radii(400), bins=bins, method="quantile", zero_bin=True)
+                     for _ in range(30)]
+            out.append((np.mean(wrong) - np.mean(floor)) / np.std(floor))
+        return float(np.mean(out))
+
+    assert RADIUS_BINS == 10
+    g10, g50 = gap(RADIUS_BINS), gap(50)
+    assert g10 > 0.9 and g50 < g10 - 0.3, (g10, g50)

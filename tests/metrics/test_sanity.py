@@ -34,3 +34,28 @@ def test_sanity_problems_flag_impossible_values_caps_and_jumping():
     real_b = sanity_stats(rng.gamma(1.0, 2.0, size=(30, 48)), stay, upper=None)
     capped = sanity_stats(np.minimum(rng.gamma(1.0, 20.0, size=(30, 48)), 7.5), stay, upper=None)
     assert any("decoder cap" in p for p in sanity_problems(real_b, capped))
+
+
+def test_decode_cap_share_and_generate_report_against_the_like_set():
+    import pandas as pd
+
+    from mstdiff.data.dataset import PreparedDataset
+    from mstdiff.metrics.sanity import compare_sanity, decode_cap
+
+    rng = np.random.default_rng(2)
+    st = pd.DataFrame({"station_id": ["a", "b", "c"], "lat": [31.0, 31.1, 31.2],
+                       "lon": [121.0, 121.1, 121.2]})
+    samples = pd.DataFrame({"user": [f"u{i}" for i in range(40)], "start": [""] * 40})
+    meta = {"bin_minutes": 30, "traffic_unit": "bytes"}
+    real = PreparedDataset(rng.gamma(1.0, 2.0, (40, 48)), rng.integers(0, 3, (40, 48)), st, samples, meta)
+    cap = decode_cap(real, None)
+    assert cap == 2 * real.traffic.max() and decode_cap(real, 30.0) is None
+    m = real.traffic.copy()
+    m[:, :10] = cap  # 10 of 48 slots at the decoder's cap
+    bad = real.with_series(m, real.locations, source="gen")
+    st_bad = sanity_stats(bad.traffic, bad.locations, upper=None, cap=cap)
+    assert st_bad["cap_share"] == 10 / 48
+    table, problems = compare_sanity(real, bad, names=("train (--like)", "generated"))
+    assert "| train (--like) |" in table and "at decode cap" in table and "WARNING" in table
+    assert any("decoder cap" in p for p in problems)
+    assert compare_sanity(real, real)[1] == []

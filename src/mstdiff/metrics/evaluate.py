@@ -1,15 +1,31 @@
-"""Evaluation protocol: every metric for every generated set, the floor row, and the report.
+"""Evaluation protocol: every metric for every generated set, the floor over K draws, the report.
 
 :func:`evaluate` compares each generated set with the held-out real set using the registry
-:data:`METRICS` (name, pure function, inputs it needs, direction) and adds a **floor** row: the same
-metrics between two disjoint random subsets of the real set of the generated set's size, i.e. what
-a perfect generator (a fresh draw of real data) would score on this data with this many samples.
-If the real set has fewer than twice that many samples, the floor uses two disjoint halves of the
-real set and the report says so in a footnote. By default each generated set is compared with the
-first of the two floor subsets, so model and floor rows rest on the same sample sizes.
+:data:`METRICS` (name, pure function, inputs it needs, direction) over ``draws`` (default 5) random
+draws, and reports every value as mean ± sd over the draws. Each draw has a **floor**: the same
+metrics between two **user-disjoint** real sets of equal size n — what a perfect generator (a fresh
+draw of real users) scores with n samples:
 
-The report directory (written atomically) holds ``metrics.json`` (every value, sizes, config,
-location classes, provenance), ``metrics.md`` (a Markdown table with the floor row) and PNG plots
+- without a reference set: the real set's users are split at random into two halves A and B
+  (trimmed to equal size n); the floor is ``metrics(A, B)`` and each generated set is compared with
+  A through a random subset of n of its samples;
+- with ``reference`` (a second real set of other users, e.g. the train split against the test
+  split): the whole real set R (n = |R|) against n samples drawn at random from the reference
+  (floor; users the real set shares with the reference are left out, so the sides are
+  user-disjoint), and against n samples of each generated set. Model and floor rows then use all
+  of R. The reference side is drawn by sample, not by user, because that is what a generator of
+  independent days produces: on Shanghai, reference draws that keep a user's days together copy the
+  test split's clustering (1.7 days per user) and push the G-rank floor from 0.0047 to 0.0006, a
+  level no generator of independent samples (nor a random copy of the train split) can reach.
+
+Samples carry user ids (``samples.user``); where they are empty each sample is its own user. All
+sets are first put on one station table by station id and coordinates
+(:func:`~mstdiff.metrics.stations.align_stations`), never by order. With ``train`` (the generator's
+training set) the report adds memorisation (:mod:`~mstdiff.metrics.privacy`) and train-on-synthetic
+test-on-real scores (:mod:`~mstdiff.metrics.utility`).
+
+The report directory (written atomically) holds ``metrics.json`` (every value and draw, sizes,
+config, location classes, provenance), ``metrics.md`` (:mod:`~mstdiff.metrics.report`) and PNG plots
 under ``plots/``.
 """
 
@@ -98,12 +114,24 @@ METRICS: tuple[Metric, ...] = (
     Metric("duration_jsd", trajectory.duration_jsd, ("locations",), group="trajectory"),
     Metric("grank_jsd", trajectory.grank_jsd, ("locations", "n_stations"), group="trajectory"),
     Metric("irank_jsd", trajectory.irank_jsd, ("locations",), group="trajectory"),
-    Metric("location_jsd", trajectory.location_jsd, ("locations", "n_stations"), group="trajectory"),
+    Metric("home_cell_jsd", trajectory.home_cell_jsd, ("locations", "coords"), group="trajectory"),
     Metric("joint_jsd", joint.joint_jsd, ("traffic", "locations", "location_class"), group="joint"),
     Metric("joint_profile_rmse", joint.joint_profile_rmse,
            ("traffic", "locations", "location_class", "bin_minutes"), group="joint"),
 )
-"""Every metric of DESIGN §3, in report order. All are lower-is-better."""
+"""Every metric of DESIGN §3, in report order. All are lower-is-better. The per-station visit JSD
+(:func:`~mstdiff.metrics.trajectory.location_jsd`) is not among them: a generator of i.i.d. slots
+from the training visits beats the real floor on it (issue 13); ``home_cell_jsd`` replaces it."""
+
+
+def metric_unit(m: Metric, traffic_unit: str | None = None) -> str:
+    """Unit of a metric's values: JSDs in bits (0..1), the periodic RMSE a share, the profile RMSE
+    the traffic unit."""
+    if m.name.endswith("_jsd"):
+        return "bits"
+    if m.name == "traffic_periodic_rmse":
+        return "share"
+    return traffic_unit or "traffic unit"
 
 
 def get_metric(name: str) -> Metric:
@@ -147,99 +175,81 @@ def compute_metrics(real: Any, generated: Any, context: Mapping[str, Any],
 
 
 # --------------------------------------------------------------------------- result
-def _fmt(v: float) -> str:
-    if v is None or not math.isfinite(v):
-        return "–"
-    return f"{v:.4f}" if abs(v) < 10 else f"{v:.4g}"
-
-
 @dataclass
 class EvaluationResult:
-    """Metrics of every generated set and of the floor, with what is needed to report them."""
+    """Metrics of every generated set and of the floor (means, sds, draws) and what goes beside them."""
 
-    rows: dict[str, dict[str, float]]  # generated set -> metric -> value
-    floor_rows: dict[str, dict[str, float]]  # floor row label -> metric -> value
-    floor_of: dict[str, str]  # generated set -> label of its floor row
-    sizes: dict[str, Any]  # samples per set; floor subset sizes
+    rows: dict[str, dict[str, float]]  # generated set -> metric -> mean over draws
+    sd: dict[str, dict[str, float]]  # generated set -> metric -> sd over draws
+    floor_rows: dict[str, dict[str, float]]  # {"floor": metric -> mean}
+    floor_sd: dict[str, dict[str, float]]
+    draws: dict[str, dict[str, list[float]]]  # set or "floor" -> metric -> value per draw
+    sizes: dict[str, Any]  # per row: real and generated samples per draw; whole-set sizes
     notes: list[str] = field(default_factory=list)  # footnotes of the Markdown table
+    warnings: list[str] = field(default_factory=list)  # generated sets out of the real range
     config: dict[str, Any] = field(default_factory=dict)
     location_classes: dict[str, Any] = field(default_factory=dict)
     metrics: tuple[Metric, ...] = METRICS
     plots: list[str] = field(default_factory=list)  # paths relative to the report directory
     sanity: dict[str, dict[str, Any]] = field(default_factory=dict)  # set -> plain statistics (sanity.py)
+    memorisation: dict[str, dict[str, Any]] = field(default_factory=dict)  # privacy.py
+    utility: dict[str, dict[str, float]] = field(default_factory=dict)  # utility.py (TSTR)
+    stations: dict[str, Any] = field(default_factory=dict)  # alignment counts
     out: Path | None = None
 
     @property
     def metric_names(self) -> list[str]:
         return [m.name for m in self.metrics]
 
+    @property
+    def floor_of(self) -> dict[str, str]:
+        return {name: "floor" for name in self.rows} if self.floor_rows else {}
+
+    def ratio(self) -> dict[str, dict[str, float]]:
+        """Each model's mean over the floor mean, per metric (NaN where the floor is 0 or missing)."""
+        floor = self.floor_rows.get("floor", {})
+        out: dict[str, dict[str, float]] = {}
+        for name, row in self.rows.items():
+            out[name] = {k: (v / floor[k] if floor.get(k) and math.isfinite(floor[k]) and floor[k] > 0
+                             else float("nan")) for k, v in row.items()}
+        return out
+
     def table(self) -> pd.DataFrame:
-        """Rows: generated sets then floor rows; columns: ``n`` and every metric."""
-        records = []
-        for name, vals in self.rows.items():
-            records.append({"set": name, "n": self.sizes.get(name), **vals})
-        for name, vals in self.floor_rows.items():
-            records.append({"set": name, "n": self.sizes.get(name, {}).get("n"), **vals})
+        """Rows: generated sets then the floor; columns: ``n`` (samples per side) and metric means."""
+        records = [{"set": name, "n": self.sizes.get(name, {}).get("n"), **vals}
+                   for name, vals in {**self.rows, **self.floor_rows}.items()]
         return pd.DataFrame.from_records(records).set_index("set")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "metrics": self.rows,
+            "metrics_sd": self.sd,
             "floor": self.floor_rows,
-            "floor_of": self.floor_of,
+            "floor_sd": self.floor_sd,
+            "ratio_to_floor": self.ratio(),
+            "draws": self.draws,
             "sizes": self.sizes,
             "metric_info": {
                 m.name: {"lower_is_better": m.lower_is_better, "group": m.group, "needs": list(m.needs),
+                         "unit": metric_unit(m, self.config.get("traffic_unit")),
                          "description": m.description}
                 for m in self.metrics
             },
             "location_classes": self.location_classes,
             "notes": self.notes,
+            "warnings": self.warnings,
             "plots": self.plots,
             "sanity": self.sanity,
+            "memorisation": self.memorisation,
+            "utility": self.utility,
+            "stations": self.stations,
             "config": self.config,
         }
 
     def to_markdown(self) -> str:
-        """Markdown table: one row per generated set and the floor row(s); best value bolded."""
-        names = self.metric_names
-        arrows = {m.name: "↓" if m.lower_is_better else "↑" for m in self.metrics}
-        best: dict[str, float] = {}
-        for m in self.metrics:
-            finite = [r[m.name] for r in self.rows.values() if math.isfinite(r.get(m.name, math.nan))]
-            if finite:
-                best[m.name] = min(finite) if m.lower_is_better else max(finite)
-        header = ["set", "n", *[f"{n} {arrows[n]}" for n in names]]
-        lines = ["| " + " | ".join(header) + " |", "|:---|---:|" + "---:|" * len(names)]
-        for set_name, row in self.rows.items():
-            cells = []
-            for n in names:
-                v = row.get(n, math.nan)
-                s = _fmt(v)
-                cells.append(f"**{s}**" if n in best and math.isfinite(v) and v == best[n] else s)
-            lines.append(f"| {set_name} | {self.sizes.get(set_name, '')} | " + " | ".join(cells) + " |")
-        for label, frow in self.floor_rows.items():
-            info = self.sizes.get(label, {})
-            mark = " †" if info.get("halves") else ""
-            cells = [_fmt(frow.get(n, math.nan)) for n in names]
-            lines.append(f"| **{label}**{mark} | {info.get('n', '')} | " + " | ".join(cells) + " |")
-        foot = [
-            "",
-            "↓ lower is better, ↑ higher is better. **Bold**: best generated set per column (floor "
-            "rows excluded). **floor**: the same metrics between two disjoint random subsets of the "
-            "real set of the generated set's size — the best any generator can show on this data.",
-            "JSD in base 2 (0..1) on shared bin edges from the union of both sets; see metrics.json "
-            "`metric_info` for each definition and binning.",
-        ]
-        foot += [f"- {n}" for n in self.notes]
-        text = "\n".join(lines + foot) + "\n"
-        if self.sanity:
-            from mstdiff.metrics.sanity import sanity_markdown
+        from mstdiff.metrics.report import render_markdown
 
-            text += ("\n## Sanity statistics\n\nWhole sets (not subsampled): what a JSD can hide "
-                     "(`mstdiff.metrics.sanity`).\n\n"
-                     + sanity_markdown(self.sanity, upper=self.config.get("traffic_upper")))
-        return text
+        return render_markdown(self)
 
 
 # --------------------------------------------------------------------------- protocol
@@ -247,7 +257,6 @@ def _check_generated(real: PreparedDataset, generated: Mapping[str, PreparedData
     if not generated:
         raise InputError("no generated set to evaluate", where="evaluate",
                          fix="pass at least one generated dataset")
-    real_ids = real.stations["station_id"].astype(str).to_numpy()
     for name, g in generated.items():
         where = f"generated set {name!r}"
         if not isinstance(g, PreparedDataset):
@@ -255,25 +264,18 @@ def _check_generated(real: PreparedDataset, generated: Mapping[str, PreparedData
         if str(name).startswith("floor"):
             raise InputError("set names starting with 'floor' are reserved for the floor rows",
                              where=where, fix="rename the set")
-        if g.n_stations != real.n_stations:
-            raise InputError(
-                f"has N = {g.n_stations} stations but the real set has N = {real.n_stations}; location "
-                "indices only mean the same station on the same station table",
-                where=where,
-                fix="generate on the real set's station table (e.g. real.with_series(...)) or prepare the "
-                "real set with the station table the generator was trained on",
-            )
-        if g.T != real.T:
-            raise InputError(f"has T = {g.T} bins per sample but the real set has T = {real.T}",
-                             where=where, fix="generate windows of the real set's length")
-        if g.bin_minutes != real.bin_minutes:
-            raise InputError(f"has {g.bin_minutes}-min bins but the real set has {real.bin_minutes}-min bins",
-                             where=where, fix="generate with the real set's bin size")
+        _check_like(real, g, where)
         if g.n_samples == 0:
             raise InputError("has no samples", where=where, fix="generate at least one sample")
-        if not np.array_equal(g.stations["station_id"].astype(str).to_numpy(), real_ids):
-            logger.warning("%s: station ids differ from the real set's (same N = %d); "
-                           "assuming the same order", where, real.n_stations)
+
+
+def _check_like(real: PreparedDataset, g: PreparedDataset, where: str) -> None:
+    if g.T != real.T:
+        raise InputError(f"has T = {g.T} bins per sample but the real set has T = {real.T}",
+                         where=where, fix="use windows of the real set's length")
+    if g.bin_minutes != real.bin_minutes:
+        raise InputError(f"has {g.bin_minutes}-min bins but the real set has {real.bin_minutes}-min bins",
+                         where=where, fix="use the real set's bin size")
 
 
 def _cap(ds: PreparedDataset, max_samples: int | None, rng: np.random.Generator) -> PreparedDataset:
@@ -282,26 +284,52 @@ def _cap(ds: PreparedDataset, max_samples: int | None, rng: np.random.Generator)
     return ds.subset(np.sort(rng.choice(ds.n_samples, size=max_samples, replace=False)))
 
 
-@dataclass
-class _FloorDraw:
-    """Two disjoint random real subsets for the generated sets of one size."""
+def sample_users(ds: PreparedDataset) -> np.ndarray:
+    """User id of every sample; an empty id makes the sample its own user."""
+    if "user" in ds.samples:
+        u = ds.samples["user"].astype(str).to_numpy().copy()
+    else:
+        u = np.array([""] * ds.n_samples)
+    empty = (u == "") | (u == "nan") | (u == "None")
+    u[empty] = [f"\x00sample{i}" for i in np.flatnonzero(empty)]
+    return u
 
-    label: str
-    a: PreparedDataset  # reference subset: the real side of the floor and of matched model rows
-    b: PreparedDataset
-    context: dict[str, Any]  # metric context of `a`
-    halves: bool
+
+def _trim(idx: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    if idx.size <= n:
+        return np.sort(idx)
+    return np.sort(rng.choice(idx, size=n, replace=False))
 
 
-def _draw_floor(real: PreparedDataset, n: int, label: str, rng: np.random.Generator,
-                class_rule: str | None) -> _FloorDraw:
-    U = real.n_samples
-    halves = U < 2 * n
-    m = U // 2 if halves else n
-    perm = rng.permutation(U)
-    a = real.subset(np.sort(perm[:m]))
-    b = real.subset(np.sort(perm[m:2 * m]))
-    return _FloorDraw(label, a, b, metric_context(a, class_rule=class_rule), halves)
+def user_halves(users: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Sample indices of two user-disjoint halves: users in random order, the first ones up to half
+    of the samples go to A, the rest to B."""
+    uniq, inv = np.unique(users, return_inverse=True)
+    order = rng.permutation(uniq.size)
+    rank = np.empty(uniq.size, dtype=np.int64)
+    rank[order] = np.arange(uniq.size)
+    counts = np.bincount(inv, minlength=uniq.size)[order]
+    in_a_sorted = np.cumsum(counts) <= users.size / 2
+    if not in_a_sorted.any() and uniq.size > 1:
+        in_a_sorted[0] = True
+    in_a = in_a_sorted[rank[inv]]
+    return np.flatnonzero(in_a), np.flatnonzero(~in_a)
+
+
+def user_subset(users: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of n samples taken user by user in random order (the last user's samples trimmed)."""
+    uniq, inv = np.unique(users, return_inverse=True)
+    order = rng.permutation(uniq.size)
+    rank = np.empty(uniq.size, dtype=np.int64)
+    rank[order] = np.arange(uniq.size)
+    by_rank = np.argsort(rank[inv], kind="stable")  # samples grouped by user, users in random order
+    return np.sort(by_rank[:n])
+
+
+def _spread_note(n: int, bins: int) -> str:
+    floor = (bins - 1) / (4 * n * math.log(2))
+    return (f"With {bins} quantile bins and n = {n} per side, a JSD of ≈ {floor:.3f} "
+            "((bins − 1) / (4 n ln 2)) is sampling noise alone")
 
 
 def evaluate(
@@ -309,121 +337,204 @@ def evaluate(
     generated: Mapping[str, PreparedDataset],
     out: Path | str | None = None,
     *,
+    reference: PreparedDataset | None = None,
+    train: PreparedDataset | None = None,
+    draws: int = 5,
     seed: int = 0,
     floor: bool = True,
     plots: bool = True,
     max_samples: int | None = None,
-    match_floor: bool = True,
     class_rule: str | None = None,
     overwrite: bool = False,
 ) -> EvaluationResult:
-    """Compare every generated set with the real set; optionally write the report to ``out``.
+    """Compare every generated set with the real set over ``draws`` draws; optionally write the
+    report to ``out``.
 
-    ``real``: held-out real set. ``generated``: name → generated set on the same station table
-    (same N, T and bin size; :class:`InputError` otherwise). ``seed`` drives every random choice
-    (sample caps, floor subsets, plotted examples) through one ``numpy.random.Generator``.
-    ``max_samples`` caps the samples used per generated set (random subset) for speed.
-
-    Floor (``floor=True``): for each distinct generated-set size n, two disjoint random subsets A
-    and B of the real set of n samples each (two halves of the real set if it has fewer than 2n
-    samples, with a footnote); the floor row is ``metrics(A, B)``.
-
-    ``match_floor=True`` (default) compares each generated set with the subset A of its floor, so
-    that the model row and the floor row have the same sample sizes and the floor is what a perfect
-    generator (a fresh real draw) would score; in the halves case the generated set is subsampled
-    to the half size. ``match_floor=False`` (or ``floor=False``) compares with the whole real set
-    (capped by ``max_samples``): less noise in the model rows, but then a model can beat the floor
-    by sampling luck. Data-dependent context (popularity classes, traffic levels, G-rank) comes from
-    the real side of each comparison. ``class_rule`` picks the location-class rule of the joint
-    metrics (:func:`~mstdiff.metrics.joint.location_classes`; default: automatic).
+    ``real``: held-out real set. ``generated``: name → generated set with the same T and bin size
+    (:class:`InputError` otherwise); station tables may differ: stations are matched by id and
+    coordinates. ``reference``: a second real set (other users) for the floor (module docstring).
+    ``train``: the generators' training set, for memorisation and TSTR. ``seed`` drives every random
+    choice through one ``numpy.random.Generator``. ``max_samples`` caps every set (random subset)
+    for speed. ``floor=False``: no floor; each generated set is compared with the whole real set.
+    ``class_rule`` picks the location-class rule of the joint metrics
+    (:func:`~mstdiff.metrics.joint.location_classes`; default: automatic).
 
     With ``out``, writes ``metrics.json``, ``metrics.md`` and (``plots``) ``plots/*.png`` into the
     directory atomically; an existing non-empty ``out`` needs ``overwrite=True``.
     """
+    from mstdiff.metrics.sanity import dataset_sanity, decode_cap, sanity_problems, traffic_upper
+    from mstdiff.metrics.stations import align_stations
+
     if out is not None:  # before the work: a file, a read-only or a full disk as --out fails at once
-        check_output_dir(out, overwrite=overwrite, reuse=Path(out).is_dir() and not any(Path(out).iterdir()))
+        empty = Path(out).is_dir() and not any(Path(out).iterdir())
+        check_output_dir(out, overwrite=overwrite, reuse=empty)
     t0 = time.perf_counter()
     _check_generated(real, generated)
     if real.n_samples == 0:
         raise InputError("the real set has no samples", where="evaluate")
     if max_samples is not None and max_samples < 1:
         raise InputError(f"max_samples = {max_samples} must be >= 1", where="evaluate")
+    if draws < 1:
+        raise InputError(f"draws = {draws} must be >= 1", where="evaluate", fix="use e.g. 5")
+    for label, ds in (("reference", reference), ("train", train)):
+        if ds is not None:
+            _check_like(real, ds, f"{label} set")
+            if ds.n_samples == 0:
+                raise InputError(f"the {label} set has no samples", where="evaluate")
     rng = np.random.default_rng(seed)
 
-    U = real.n_samples
-    gens = {str(k): _cap(v, max_samples, rng) for k, v in generated.items()}
-    real_used = _cap(real, max_samples, rng)  # the whole-real-set reference, also for the plots
+    # one station table for every set, matched by id and coordinates
+    named: dict[str, PreparedDataset] = {"\x00real": real}
+    if reference is not None:
+        named["\x00reference"] = reference
+    if train is not None:
+        named["\x00train"] = train
+    named.update({str(k): v for k, v in generated.items()})
+    aligned = align_stations(named)
+    real_al = aligned.sets.pop("\x00real")
+    ref_al = aligned.sets.pop("\x00reference", None)
+    train_al = aligned.sets.pop("\x00train", None)
+    station_info = aligned.to_dict()
+    notes: list[str] = [line.replace("'\x00", "'").replace("\x00", "") for line in aligned.notes()]
+
+    gens = {str(k): _cap(aligned.sets[str(k)], max_samples, rng) for k in generated}
+    real_used = _cap(real_al, max_samples, rng)
+    U = real_used.n_samples
+    users = sample_users(real_used)
     classes = location_classes(real_used.stations, real_used.locations, rule=class_rule)
-    full_context = metric_context(real_used, classes)
+    n_gen = min(g.n_samples for g in gens.values())
+
+    ref_used: PreparedDataset | None = None
+    ref_users: np.ndarray | None = None
+    if floor and ref_al is not None:
+        ref_used = _cap(ref_al, max_samples, rng)
+        ref_users = sample_users(ref_used)
+        shared = np.isin(ref_users, users)
+        if shared.any():
+            notes.append(f"{int(shared.sum())} reference sample(s) of users also in the real set were "
+                         "left out of the floor (it must be user-disjoint).")
+            ref_used = ref_used.subset(np.flatnonzero(~shared))
+            ref_users = ref_users[~shared]
+        if ref_used.n_samples == 0:
+            raise InputError("the reference set has no user that the real set lacks", where="--reference",
+                             fix="use real data of other users (e.g. the train split against the test split)")
 
     errors: list[str] = []
-    notes: list[str] = []
-    sizes: dict[str, Any] = {"real": real_used.n_samples, "real_total": U}
-    floor_rows: dict[str, dict[str, float]] = {}
-    draws: dict[int, _FloorDraw] = {}
+    values: dict[str, dict[str, list[float]]] = {name: {m.name: [] for m in METRICS} for name in gens}
     if floor:
-        distinct = sorted({g.n_samples for g in gens.values()})
-        for n in distinct:
-            label = "floor" if len(distinct) == 1 else f"floor (n={n})"
-            if U < 2:
-                notes.append(f"{label}: the real set has {U} sample(s); no floor can be computed.")
-                continue
-            d = _draw_floor(real, n, label, rng, class_rule)
-            draws[n] = d
-            floor_rows[label] = compute_metrics(d.a, d.b, d.context, errors=errors)
-            sizes[label] = {"n": d.a.n_samples, "generated_n": n, "halves": d.halves}
-            if d.halves:
-                extra = (f" Generated sets of {n} samples were subsampled to {d.a.n_samples} and compared "
-                         "with the first half, so that their rows and the floor have equal sizes."
-                         if match_floor else "")
-                notes.append(
-                    f"† {label}: the real set has U = {U} < 2 × {n} samples, so the floor compares two "
-                    f"disjoint halves of the real set ({d.a.n_samples} samples each).{extra}"
-                )
-
-    rows: dict[str, dict[str, float]] = {}
-    floor_of: dict[str, str] = {}
-    reference: dict[str, int] = {}
-    for name, g in gens.items():
-        d_or_none = draws.get(g.n_samples)
-        if d_or_none is not None:
-            floor_of[name] = d_or_none.label
-        if match_floor and d_or_none is not None:
-            ref, ctx = d_or_none.a, d_or_none.context
-            if g.n_samples > ref.n_samples:
-                g = g.subset(np.sort(rng.choice(g.n_samples, size=ref.n_samples, replace=False)))
+        values["floor"] = {m.name: [] for m in METRICS}
+    sizes: dict[str, Any] = {"real_total": real.n_samples, "real": U,
+                             **({"reference_total": reference.n_samples} if reference is not None else {})}
+    if floor and U < 2 and ref_used is None:
+        notes.append(f"The real set has {U} sample(s): no floor can be computed.")
+        values.pop("floor")
+        floor = False
+    n_used: list[int] = []
+    for _k in range(draws):
+        if floor and ref_used is None:
+            ia, ib = user_halves(users, rng)
+            n = min(ia.size, ib.size, n_gen)
+            a = real_used.subset(_trim(ia, n, rng))
+            b = real_used.subset(_trim(ib, n, rng))
+        elif floor and ref_used is not None and ref_users is not None:
+            n = min(U, ref_used.n_samples, n_gen)
+            a = real_used if n == U else real_used.subset(_trim(np.arange(U), n, rng))
+            b = ref_used.subset(_trim(np.arange(ref_used.n_samples), n, rng))
         else:
-            ref, ctx = real_used, full_context
-        rows[name] = compute_metrics(ref, g, ctx, errors=errors)
-        sizes[name] = g.n_samples
-        reference[name] = ref.n_samples
-    sizes["reference"] = reference
-    if match_floor and draws:
-        notes.append("Each generated set is compared with a random real subset of its own size (the "
-                     "first subset of its floor row), so model and floor rows have equal sample sizes.")
+            n = min(U, n_gen)
+            a = real_used if n == U else real_used.subset(_trim(np.arange(U), n, rng))
+            b = None
+        n_used.append(n)
+        ctx = metric_context(a, class_rule=classes.rule)
+        if b is not None:
+            for k, v in compute_metrics(a, b, ctx, errors=errors).items():
+                values["floor"][k].append(v)
+        for name, g in gens.items():
+            gk = g if g.n_samples == n else g.subset(_trim(np.arange(g.n_samples), n, rng))
+            for k, v in compute_metrics(a, gk, ctx, errors=errors).items():
+                values[name][k].append(v)
+        if not floor and draws > 1 and n == U and all(g.n_samples == n for g in gens.values()):
+            break  # nothing random left to draw
+
+    def stats(vals: dict[str, list[float]]) -> tuple[dict[str, float], dict[str, float]]:
+        mean, sd = {}, {}
+        for k, v in vals.items():
+            arr = np.asarray(v, dtype=np.float64)
+            ok = arr[np.isfinite(arr)]
+            mean[k] = float(ok.mean()) if ok.size else float("nan")
+            if ok.size > 1 and np.ptp(ok) > 0:
+                sd[k] = float(ok.std(ddof=1))
+            else:  # one draw, or the same value in every draw
+                sd[k] = 0.0 if ok.size else float("nan")
+        return mean, sd
+
+    rows, sd = {}, {}
+    for name in gens:
+        rows[name], sd[name] = stats(values[name])
+    floor_rows, floor_sd = {}, {}
+    if floor:
+        floor_rows["floor"], floor_sd["floor"] = stats(values["floor"])
+    n_row = int(min(n_used))
+    for name in gens:
+        sizes[name] = {"n": n_row, "real_n": n_row, "generated_total": generated[name].n_samples}
+    if floor:
+        sizes["floor"] = {"n": n_row, "draws": len(n_used),
+                          "kind": "real vs reference" if ref_used is not None else "user-disjoint halves"}
+    if floor and ref_used is None and n_row < n_gen:
+        notes.append(f"The floor splits the real set's users into two halves of {n_row} samples; "
+                     f"generated sets were subsampled to {n_row} per draw so that every row has the "
+                     "same n.")
+    notes.append(_spread_note(n_row, traffic.DEFAULT_BINS) + " (pooled traffic JSDs pool n · T values, "
+                 f"so their floor is lower; radius_jsd uses {trajectory.RADIUS_BINS} bins).")
     if max_samples is not None and any(g.n_samples > max_samples for g in generated.values()):
-        notes.append(f"Generated sets larger than max_samples = {max_samples} were randomly subsampled.")
+        notes.append(f"Sets larger than max_samples = {max_samples} were randomly subsampled.")
     notes.extend(f"Not computed: {e}" for e in errors)
     notes.append(f"Location classes ({classes.rule} rule): {', '.join(classes.names)}.")
 
+    unit = real.meta.get("traffic_unit")
     config = {
-        "seed": seed, "floor": floor, "match_floor": match_floor, "plots": plots,
-        "max_samples": max_samples, "class_rule": classes.rule, "jsd_base": 2, "bins": traffic.DEFAULT_BINS,
+        "seed": seed, "draws": draws, "floor": floor, "plots": plots, "max_samples": max_samples,
+        "class_rule": classes.rule, "jsd_base": 2, "bins": traffic.DEFAULT_BINS,
+        "radius_bins": trajectory.RADIUS_BINS, "home_grid": trajectory.HOME_GRID,
         "n_levels": joint.N_LEVELS, "top_fraction": trajectory.TOP_FRACTION, "T": real.T,
-        "bin_minutes": real.bin_minutes, "n_stations": real.n_stations,
+        "bin_minutes": real.bin_minutes, "n_stations": len(aligned.stations), "traffic_unit": unit,
         "real_source": real.meta.get("source"),
+        "reference_source": reference.meta.get("source") if reference is not None else None,
+        "train_source": train.meta.get("source") if train is not None else None,
         "generated_sources": {name: g.meta.get("source") for name, g in generated.items()},
     }
-    from mstdiff.metrics.sanity import dataset_sanity, traffic_upper
-
     upper = traffic_upper(real)  # None for units without a natural maximum (bytes, MB)
+    cap = decode_cap(train if train is not None else real, upper)
     config["traffic_upper"] = upper
-    sanity = {"real": dataset_sanity(real, upper=upper),
-              **{str(k): dataset_sanity(v, upper=upper) for k, v in generated.items()}}
-    result = EvaluationResult(rows=rows, floor_rows=floor_rows, floor_of=floor_of, sizes=sizes,
-                              notes=notes, config=config, location_classes=classes.to_dict(),
-                              sanity=sanity)
-    logger.info("metrics of %d set(s) in %.2f s", len(gens), time.perf_counter() - t0)
+    config["decode_cap"] = cap
+    sanity = {"real": dataset_sanity(real, upper=upper, cap=cap)}
+    if reference is not None:
+        sanity["reference"] = dataset_sanity(reference, upper=upper, cap=cap)
+    sanity.update({str(k): dataset_sanity(v, upper=upper, cap=cap) for k, v in generated.items()})
+    warnings = [f"{name}: {p}" for name in generated
+                for p in sanity_problems(sanity["real"], sanity[str(name)])]
+
+    memo: dict[str, dict[str, Any]] = {}
+    util: dict[str, dict[str, float]] = {}
+    if train_al is not None:
+        from mstdiff.metrics.privacy import memorisation
+        from mstdiff.metrics.utility import tstr
+
+        t1 = time.perf_counter()
+        memo = memorisation(train_al, real_al, dict(aligned.sets), rng=rng)
+        util = tstr(train_al, real_al, dict(aligned.sets))
+        logger.info("memorisation and TSTR in %.2f s", time.perf_counter() - t1)
+        warnings += [f"{name}: memorises its training set (copies or near copies)"
+                     for name, row in memo.items() if row.get("flagged")]
+
+    result = EvaluationResult(rows=rows, sd=sd, floor_rows=floor_rows, floor_sd=floor_sd, draws=values,
+                              sizes=sizes, notes=notes, warnings=warnings, config=config,
+                              location_classes=classes.to_dict(), sanity=sanity, memorisation=memo,
+                              utility=util, stations=station_info)
+    for w in warnings:
+        logger.warning("OUT OF THE REAL RANGE: %s", w)
+    logger.info("metrics of %d set(s) over %d draw(s) in %.2f s", len(gens), len(n_used),
+                time.perf_counter() - t0)
 
     if out is not None:
         out = Path(out)
@@ -447,6 +558,9 @@ def evaluate_dirs(
     real: Path | str,
     generated: Sequence[str],
     out: Path | str | None = None,
+    *,
+    reference: Path | str | None = None,
+    train: Path | str | None = None,
     **kwargs: Any,
 ) -> EvaluationResult:
     """:func:`evaluate` on dataset directories; each generated entry is ``DIR`` or ``NAME=DIR``.
@@ -465,4 +579,6 @@ def evaluate_dirs(
             raise InputError(f"two generated sets are named {name!r}", where="--generated",
                              fix="name them: --generated NAME=DIR")
         gens[name] = PreparedDataset.load(path)
-    return evaluate(real_ds, gens, out, **kwargs)
+    return evaluate(real_ds, gens, out,
+                    reference=PreparedDataset.load(reference) if reference is not None else None,
+                    train=PreparedDataset.load(train) if train is not None else None, **kwargs)

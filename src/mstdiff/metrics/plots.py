@@ -166,16 +166,18 @@ def plot_distributions(sets: Mapping[str, Any], path: Path, *, classes: joint.Lo
     ax.set_xlabel("global rank of the station (top 10 %)")
     ax.set_ylabel("visit share")
 
-    # Location: visit share of the real set's most visited stations, in the real set's order
+    # Home cell: where the samples' main stations lie, on the real set's quantile grid
     ax = axes[i + 1]
-    counts = {n: trajectory.visit_counts(ds.locations, real.n_stations) for n, ds in sets.items()}
-    top = np.argsort(-counts[names[0]], kind="stable")[: min(real.n_stations, 200)]
-    for (n, c), col in zip(counts.items(), colors):
-        ax.plot(np.arange(1, top.size + 1), c[top] / max(c.sum(), 1.0), label=n, color=col, lw=1.0)
-    ax.set_yscale("log")
-    ax.set_title("location")
-    ax.set_xlabel("station, by rank in the real set")
-    ax.set_ylabel("visit share")
+    q = np.arange(1, trajectory.HOME_GRID) / trajectory.HOME_GRID
+    rc = real.coords[np.asarray(real.locations).ravel()]
+    lat_cuts, lon_cuts = np.unique(np.quantile(rc[:, 0], q)), np.unique(np.quantile(rc[:, 1], q))
+    n_cells = (lat_cuts.size + 1) * (lon_cuts.size + 1)
+    for (n, ds), col in zip(sets.items(), colors):
+        h = np.bincount(trajectory.home_cells(ds.locations, ds.coords, lat_cuts, lon_cuts), minlength=n_cells)
+        ax.plot(np.arange(n_cells), h / max(h.sum(), 1), marker=".", label=n, color=col, lw=1.0)
+    ax.set_title("home cell")
+    ax.set_xlabel("grid cell of the main station")
+    ax.set_ylabel("share of samples")
 
     # I-rank: mean visit frequency by own rank
     ax = axes[i + 2]
@@ -233,6 +235,26 @@ def plot_series(sets: Mapping[str, Any], path: Path, *, rng: np.random.Generator
     return _save(fig, path)
 
 
+def sample_extent(sets: Mapping[str, Any], q: float = 0.005, margin: float = 0.05,
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(lat, lon) box around where the samples are: the ``q`` .. ``1 - q`` quantiles of the visited
+    coordinates of every set (slot-weighted) plus a ``margin`` of the box size, not the bounding box of
+    the station table (a few far-away stations would shrink every trajectory to a dot)."""
+    pts = []
+    for ds in sets.values():
+        c = ds.coords
+        loc = np.asarray(ds.locations).ravel()
+        if loc.size:
+            pts.append(c[loc[:: max(1, loc.size // 50_000)]])
+    allp = np.concatenate(pts) if pts else np.zeros((0, 2))
+    allp = allp[np.isfinite(allp).all(axis=1)]
+    if allp.size == 0:
+        return np.array([-90.0, -180.0]), np.array([90.0, 180.0])
+    lo, hi = np.quantile(allp, q, axis=0), np.quantile(allp, 1 - q, axis=0)
+    pad = np.maximum((hi - lo) * margin, 1e-3)
+    return lo - pad, hi + pad
+
+
 def plot_trajectories(sets: Mapping[str, Any], path: Path, *, rng: np.random.Generator,
                       n_examples: int = 5) -> Path:
     """Station map (grey) with a few trajectories of each set as lines (one panel per set)."""
@@ -247,9 +269,11 @@ def plot_trajectories(sets: Mapping[str, Any], path: Path, *, rng: np.random.Gen
     from matplotlib import colormaps
 
     cmap = colormaps["tab10"]
+    lo, hi = sample_extent(sets)
+    inside = ((coords >= lo) & (coords <= hi)).all(axis=1)
     for ax, (name, ds) in zip(axes, sets.items()):
-        ax.scatter(coords[:, 1], coords[:, 0], s=float(np.clip(4000 / max(len(coords), 1), 2, 12)),
-                   color="0.7", lw=0, zorder=0)
+        ax.scatter(coords[inside, 1], coords[inside, 0],
+                   s=float(np.clip(4000 / max(int(inside.sum()), 1), 2, 12)), color="0.7", lw=0, zorder=0)
         idx = rng.choice(ds.n_samples, size=min(n_examples, ds.n_samples), replace=False)
         for j, i in enumerate(idx):
             loc = ds.locations[i]
@@ -260,7 +284,9 @@ def plot_trajectories(sets: Mapping[str, Any], path: Path, *, rng: np.random.Gen
         ax.set_title(f"{name}: {idx.size} trajectories", fontsize=10)
         ax.set_xlabel("lon")
         ax.set_ylabel("lat")
-        ax.set_aspect(aspect, adjustable="datalim")
+        ax.set_xlim(lo[1], hi[1])
+        ax.set_ylim(lo[0], hi[0])
+        ax.set_aspect(aspect, adjustable="box")
     for ax in axes[len(names):]:
         ax.set_visible(False)
     return _save(fig, path)
@@ -268,7 +294,12 @@ def plot_trajectories(sets: Mapping[str, Any], path: Path, *, rng: np.random.Gen
 
 def plot_class_profiles(sets: Mapping[str, Any], path: Path, classes: joint.LocationClasses,
                         max_classes: int = 12) -> Path:
-    """Mean traffic per hour of day in each location class (the joint profile metric)."""
+    """Mean traffic per hour of day in each location class (the joint profile metric), log scale.
+
+    A log axis keeps a realistic curve readable next to a generated set whose traffic is orders of
+    magnitude off; class names are wrapped, not cut."""
+    import textwrap
+
     names = list(sets)
     colors = _colors(len(names))
     real = sets[names[0]]
@@ -281,12 +312,16 @@ def plot_class_profiles(sets: Mapping[str, Any], path: Path, classes: joint.Loca
         order = np.arange(min(1, classes.n_classes))
     ncols = min(4, order.size)
     nrows = int(np.ceil(order.size / ncols))
-    fig = _new_figure(3.8 * ncols, 2.8 * nrows)
+    fig = _new_figure(3.8 * ncols, 3.0 * nrows)
+    fig.subplots_adjust(top=1 - 0.6 / (3.0 * nrows), hspace=0.7)
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True).ravel()
     for ax, c in zip(axes, order):
         for (n, (mean, _count)), col in zip(profiles.items(), colors):
-            ax.plot(np.arange(24), mean[c], label=n, color=col, lw=1.4 if n == names[0] else 1.0)
-        ax.set_title(f"class {classes.names[c]}", fontsize=9)
+            y = np.where(mean[c] > 0, mean[c], np.nan)
+            ax.plot(np.arange(24), y, label=n, color=col, lw=1.4 if n == names[0] else 1.0)
+        if any((mean[c] > 0).any() for mean, _count in profiles.values()):
+            ax.set_yscale("log")
+        ax.set_title("\n".join(textwrap.wrap(f"class {classes.names[c]}", 30)), fontsize=8)
         ax.set_xlabel("hour of day")
         ax.set_ylabel(_unit_label("mean traffic", real), fontsize=8)
     for ax in axes[order.size:]:

@@ -8,6 +8,9 @@ numbers cannot. Each is a per-set summary, computed the same way for real and ge
   for connected minutes; not defined for units without a maximum, such as bytes);
 - ``above_share``: share of slots above ``upper`` (impossible values; must be 0);
 - ``at_own_max_share``: share of slots at the set's own largest value (a pile there is a cap);
+- ``cap_share``: share of slots at the traffic decoder's cap (:func:`decode_cap`: twice the
+  training maximum for units without a natural maximum; not defined for slot-bounded units, whose
+  cap is ``upper``, a legitimate value);
 - ``max_traffic``: the largest value;
 - ``distinct_per_sample``: mean number of distinct stations per sample;
 - ``changes_per_sample``: mean number of slots whose station differs from the previous slot's;
@@ -23,8 +26,17 @@ import numpy as np
 
 from mstdiff.data.scaling import SLOT_BOUNDED_UNITS
 
-SANITY_COLUMNS = ("zero_share", "full_share", "above_share", "max_traffic", "distinct_per_sample",
-                  "changes_per_sample", "mean_traffic")
+SANITY_COLUMNS = ("zero_share", "full_share", "above_share", "cap_share", "max_traffic",
+                  "distinct_per_sample", "changes_per_sample", "mean_traffic")
+
+
+def decode_cap(train: Any, upper: float | None) -> float | None:
+    """The value the traffic decoder clamps at for units without a maximum: ``2 · max`` of the
+    training traffic (``mstdiff.data.scaling``); None where ``upper`` exists."""
+    if upper is not None:
+        return None
+    t = np.asarray(getattr(train, "traffic", np.zeros(0)))
+    return float(2 * t.max()) if t.size else None
 
 
 def traffic_upper(ds: Any) -> float | None:
@@ -36,11 +48,11 @@ def traffic_upper(ds: Any) -> float | None:
 
 
 def sanity_stats(traffic: np.ndarray, locations: np.ndarray, *, upper: float | None,
-                 bin_minutes: float | None = None) -> dict[str, Any]:
+                 bin_minutes: float | None = None, cap: float | None = None) -> dict[str, Any]:
     """The statistics above for ``traffic (U, T)`` and ``locations (U, T)``."""
     m = np.asarray(traffic, dtype=np.float64)
     loc = np.asarray(locations)
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"n": int(m.shape[0]) if m.ndim == 2 else 0}
     n = m.size
     out["zero_share"] = float((m == 0).mean()) if n else float("nan")
     if upper is not None and n:
@@ -48,6 +60,7 @@ def sanity_stats(traffic: np.ndarray, locations: np.ndarray, *, upper: float | N
         out["above_share"] = float((m > upper * (1 + 1e-6)).mean())
     else:
         out["full_share"] = out["above_share"] = float("nan")
+    out["cap_share"] = float((m >= cap * (1 - 1e-6)).mean()) if cap is not None and n else float("nan")
     out["max_traffic"] = float(m.max()) if n else float("nan")
     out["at_own_max_share"] = float((m == m.max()).mean()) if n and m.max() > 0 else 0.0
     if loc.size:
@@ -64,20 +77,21 @@ def sanity_stats(traffic: np.ndarray, locations: np.ndarray, *, upper: float | N
     return out
 
 
-def dataset_sanity(ds: Any, *, upper: float | None) -> dict[str, Any]:
+def dataset_sanity(ds: Any, *, upper: float | None, cap: float | None = None) -> dict[str, Any]:
     """:func:`sanity_stats` of a prepared dataset."""
-    return sanity_stats(ds.traffic, ds.locations, upper=upper, bin_minutes=getattr(ds, "bin_minutes", None))
+    return sanity_stats(ds.traffic, ds.locations, upper=upper, bin_minutes=getattr(ds, "bin_minutes", None),
+                        cap=cap)
 
 
 def sanity_markdown(stats: dict[str, dict[str, Any]], *, upper: float | None) -> str:
     """A Markdown table, one row per set."""
-    head = ["set", "zero slots", f"at max ({upper:g})" if upper is not None else "at max", "above max",
-            "max", "distinct stations / sample", "changes / sample", "mean traffic"]
+    head = ["set", "n", "zero slots", f"at max ({upper:g})" if upper is not None else "at max", "above max",
+            "at decode cap", "max", "distinct stations / sample", "changes / sample", "mean traffic"]
     lines = ["| " + " | ".join(head) + " |", "|:---|" + "---:|" * (len(head) - 1)]
     problems: list[str] = []
     real = stats.get("real")
     for name, st in stats.items():
-        if real is not None and name != "real":
+        if real is not None and name not in ("real", "reference"):
             problems += [f"{name}: {p}" for p in sanity_problems(real, st)]
         def pct(v: float) -> str:
             return "–" if not np.isfinite(v) else f"{100 * v:.1f} %"
@@ -85,12 +99,15 @@ def sanity_markdown(stats: dict[str, dict[str, Any]], *, upper: float | None) ->
         def num(v: float) -> str:
             return "–" if not np.isfinite(v) else f"{v:.2f}"
 
-        lines.append(f"| {name} | {pct(st['zero_share'])} | {pct(st['full_share'])} | "
-                     f"{pct(st['above_share'])} | {num(st['max_traffic'])} | "
+        lines.append(f"| {name} | {st.get('n', '')} | {pct(st['zero_share'])} | {pct(st['full_share'])} | "
+                     f"{pct(st['above_share'])} | {pct(st.get('cap_share', float('nan')))} | "
+                     f"{num(st['max_traffic'])} | "
                      f"{num(st['distinct_per_sample'])} | {num(st['changes_per_sample'])} | "
                      f"{num(st['mean_traffic'])} |")
     lines.append("")
-    lines.append("Sanity checks: " + ("all generated sets pass." if not problems else "problems found."))
+    lines.append("Sanity checks: " + ("all generated sets pass." if not problems else
+                                      f"**WARNING: {len(problems)} problem(s), generated set(s) out of the "
+                                      "real range.**"))
     lines += [f"- {p}" for p in problems]
     return "\n".join(lines) + "\n"
 
@@ -101,9 +118,12 @@ def sanity_problems(real: dict[str, Any], gen: dict[str, Any], *, tolerance: flo
     Impossible values (above the maximum), a pile of values at one largest value (a decoder cap:
     more than 1 % of slots at the set's maximum where the real set has under 0.1 % at its own,
     for units without a natural maximum), and distinct stations or changes per sample, or the share
-    of zero slots, off the real ones by more than ``tolerance`` (relative; zero slots: absolute).
+    of zero slots, off the real ones by more than ``tolerance`` (relative; zero slots: absolute);
+    more than 0.1 % of slots at the decoder cap; mean traffic off by more than a factor 3.
     """
     out: list[str] = []
+    if np.isfinite(gen.get("cap_share", np.nan)) and gen["cap_share"] > 0.001:
+        out.append(f"{100 * gen['cap_share']:.1f} % of slots at the decoder cap (twice the training maximum)")
     if np.isfinite(gen.get("above_share", np.nan)) and gen["above_share"] > 0:
         out.append(f"{100 * gen['above_share']:.2f} % of slots above the possible maximum")
     if gen.get("at_own_max_share", 0.0) > 0.01 and real.get("at_own_max_share", 0.0) < 0.001:
@@ -114,6 +134,9 @@ def sanity_problems(real: dict[str, Any], gen: dict[str, Any], *, tolerance: flo
         r, g = real.get(key, np.nan), gen.get(key, np.nan)
         if np.isfinite(r) and np.isfinite(g) and abs(g - r) > tolerance * max(r, 1.0):
             out.append(f"{what}: {g:.2f} against {r:.2f} real")
+    r, g = real.get("mean_traffic", np.nan), gen.get("mean_traffic", np.nan)
+    if np.isfinite(r) and np.isfinite(g) and r > 0 and not 1 / 3 <= g / r <= 3:
+        out.append(f"mean traffic {g:.4g} against {r:.4g} real")
     r, g = real.get("zero_share", np.nan), gen.get("zero_share", np.nan)
     if np.isfinite(r) and np.isfinite(g) and abs(g - r) > tolerance * 0.3:
         out.append(f"zero slots: {100 * g:.1f} % against {100 * r:.1f} % real")
@@ -135,6 +158,19 @@ def report_problems(report_dir: Any) -> tuple[str, list[str]]:
     stats = data.get("sanity") or {}
     upper = (data.get("config") or {}).get("traffic_upper")
     real = stats.get("real", {})
-    problems = [f"{name}: {p}" for name, st in stats.items() if name != "real"
+    problems = [f"{name}: {p}" for name, st in stats.items() if name not in ("real", "reference")
                 for p in sanity_problems(real, st)]
     return sanity_markdown(stats, upper=upper), problems
+
+
+def compare_sanity(real: Any, generated: Any, *, names: tuple[str, str] = ("real", "generated"),
+                   ) -> tuple[str, list[str]]:
+    """The sanity table of a generated set beside a real one (e.g. ``mstdiff generate`` against its
+    ``--like`` set) and its problems."""
+    upper = traffic_upper(real)
+    cap = decode_cap(real, upper)
+    stats = {"real": dataset_sanity(real, upper=upper, cap=cap),
+             names[1]: dataset_sanity(generated, upper=upper, cap=cap)}
+    problems = sanity_problems(stats["real"], stats[names[1]])
+    table = sanity_markdown(stats, upper=upper).replace("| real |", f"| {names[0]} |", 1)
+    return table, problems
