@@ -159,8 +159,20 @@ def observed_from(kind: str, condition: PreparedDataset, like: PreparedDataset,
     return Observed(condition.traffic, loc, ~gen, ~gen)
 
 
-def make_imputer(model: Any, obs: Observed, generator: torch.Generator, device: torch.device) -> Any:
-    """The ``impute(w, l, a, s)`` hook of :meth:`HybridDiffusion.sample` for ``obs``."""
+REVEAL_MODES = ("scheduled", "immediate")
+
+
+def make_imputer(model: Any, obs: Observed, generator: torch.Generator, device: torch.device,
+                 reveal: str = "scheduled") -> Any:
+    """The ``impute(w, l, a, s)`` hook of :meth:`HybridDiffusion.sample` for ``obs``.
+
+    ``reveal`` (absorbing streams: locations and slot activity): ``"scheduled"`` reveals each
+    observed token at a uniform random time so that at step s a share ``ᾱ_s`` of them is unmasked,
+    as in training (the network never saw clean tokens at s ≈ S); ``"immediate"`` gives them all
+    from the start.
+    """
+    if reveal not in REVEAL_MODES:
+        raise InputError(f"reveal = {reveal!r}", where="conditional", fix=f"use one of {REVEAL_MODES}")
     g = model.hybrid.gaussian
     scaler = model.scaler
     x_obs = scaler.encode(torch.as_tensor(obs.traffic, device=device)).float()  # (n, T) model space
@@ -172,6 +184,17 @@ def make_imputer(model: Any, obs: Observed, generator: torch.Generator, device: 
     absorbing = getattr(model.hybrid.discrete, "mask_id", None) is not None
     any_w, any_l = bool(m_w.any()), bool(m_l.any())
 
+    def reveal_times() -> Tensor:
+        u = torch.rand(obs.traffic.shape, generator=generator, device=generator.device).to(device)
+        return u if reveal == "scheduled" else torch.zeros_like(u)
+
+    u_l = reveal_times() if any_l and absorbing else None  # draws only when needed: without a
+    u_a = reveal_times() if any_w and model.hybrid.activity is not None else None  # condition = unconditional
+
+    def shown(process: Any, u: Tensor | None, s: int) -> Tensor:
+        assert u is not None
+        return u < process.keep_bar.to(device)[s] if s > 0 else torch.ones_like(u, dtype=torch.bool)
+
     def impute(w: Tensor, l: Tensor, a: Tensor | None, s: int) -> tuple[Tensor, Tensor, Tensor | None]:
         if any_w:
             if s > 0:
@@ -181,9 +204,17 @@ def make_imputer(model: Any, obs: Observed, generator: torch.Generator, device: 
                 known = w_obs
             w = dwt(torch.where(m_w, idwt(known), idwt(w)))
             if a is not None:
-                a = torch.where(m_w, a_obs.to(a.dtype), a)
+                act = model.hybrid.activity
+                on = shown(act, u_a, s)
+                hidden = torch.where(m_w, torch.full_like(a, act.mask_id), a)
+                a = torch.where(m_w & on, a_obs.to(a.dtype), hidden)
         if any_l:
-            if absorbing or s == 0:
+            if absorbing:
+                proc = model.hybrid.discrete
+                on = shown(proc, u_l, s)
+                masked = torch.full_like(l, proc.mask_id)
+                return w, torch.where(m_l & on, l_obs.to(l.dtype), torch.where(m_l, masked, l)), a
+            if s == 0:
                 known_l = l_obs
             else:
                 steps = torch.full((l.shape[0],), s, device=l.device)
@@ -196,7 +227,8 @@ def make_imputer(model: Any, obs: Observed, generator: torch.Generator, device: 
 
 @torch.no_grad()
 def sample_conditional(model: Any, obs: Observed, *, generator: torch.Generator, device: torch.device,
-                       batch_size: int = 256, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                       batch_size: int = 256, progress: bool = False,
+                       reveal: str = "scheduled") -> tuple[np.ndarray, np.ndarray]:
     """One sample per row of ``obs``: traffic ``(n, T)`` and locations ``(n, T)``, observed values
     copied through exactly."""
     n, T = obs.traffic.shape
@@ -207,7 +239,7 @@ def sample_conditional(model: Any, obs: Observed, *, generator: torch.Generator,
               disable=not progress) as bar:
         for start in range(0, n, batch_size):
             rows = obs.rows(np.arange(start, min(start + batch_size, n)))
-            impute = make_imputer(model, rows, generator, device)
+            impute = make_imputer(model, rows, generator, device, reveal)
             tr, lo = model.sample(len(rows), generator=generator, device=device, impute=impute,
                                   on_step=lambda: bar.update(1))
             tr = np.where(rows.traffic_mask, rows.traffic, tr)

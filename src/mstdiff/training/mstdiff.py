@@ -194,7 +194,7 @@ class MSTDiff:
 
     def generate(self, n: int | None = None, *, generator: torch.Generator, condition: Any = None,
                  device: torch.device | str | None = None, batch_size: int = 256,
-                 progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                 progress: bool = False, reveal: str = "scheduled") -> tuple[np.ndarray, np.ndarray]:
         """``n`` samples in batches, or, with ``condition`` (an :class:`~mstdiff.conditional.Observed`),
         one sample per row of it: the observed traffic and locations are kept exactly and the rest is
         generated consistently with them (:mod:`mstdiff.conditional`)."""
@@ -208,7 +208,7 @@ class MSTDiff:
             z = np.zeros((n, T), dtype=bool)
             condition = Observed(np.zeros((n, T), np.float32), np.zeros((n, T), np.int64), z, z)
         return sample_conditional(self, condition, generator=generator, device=dev, batch_size=batch_size,
-                                  progress=progress)
+                                  progress=progress, reveal=reveal)
 
     def save(
         self, path: str | os.PathLike[str], *, transition_path: str | None, meta: dict[str, Any]
