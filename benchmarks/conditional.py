@@ -86,7 +86,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--sample", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--reveal", default="scheduled", choices=["scheduled", "immediate"])
+    ap.add_argument("--reveal", default="immediate", choices=["scheduled", "immediate"])
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     set_threads(args.threads)

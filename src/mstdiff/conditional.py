@@ -163,13 +163,16 @@ REVEAL_MODES = ("scheduled", "immediate")
 
 
 def make_imputer(model: Any, obs: Observed, generator: torch.Generator, device: torch.device,
-                 reveal: str = "scheduled") -> Any:
+                 reveal: str = "immediate") -> Any:
     """The ``impute(w, l, a, s)`` hook of :meth:`HybridDiffusion.sample` for ``obs``.
 
-    ``reveal`` (absorbing streams: locations and slot activity): ``"scheduled"`` reveals each
-    observed token at a uniform random time so that at step s a share ``ᾱ_s`` of them is unmasked,
-    as in training (the network never saw clean tokens at s ≈ S); ``"immediate"`` gives them all
-    from the start.
+    ``reveal`` (absorbing streams: locations and slot activity): ``"immediate"`` (default) gives
+    every observed token from the first step; ``"scheduled"`` reveals each at a uniform random time
+    so that at step s a share ``ᾱ_s`` of them is unmasked, as the network saw in training. On the
+    Shanghai validation split (``benchmarks/conditional.py --real .../val --n 30 --k 5``) immediate
+    was as good for traffic given locations (CRPS 8.09 against 7.93, joint JSD 0.012 against 0.026)
+    and much better for filling the evening (CRPS 5.46 against 7.18, top-1 station 0.60 against
+    0.46): the early context is worth more than matching the training mask rate.
     """
     if reveal not in REVEAL_MODES:
         raise InputError(f"reveal = {reveal!r}", where="conditional", fix=f"use one of {REVEAL_MODES}")
@@ -228,7 +231,7 @@ def make_imputer(model: Any, obs: Observed, generator: torch.Generator, device: 
 @torch.no_grad()
 def sample_conditional(model: Any, obs: Observed, *, generator: torch.Generator, device: torch.device,
                        batch_size: int = 256, progress: bool = False,
-                       reveal: str = "scheduled") -> tuple[np.ndarray, np.ndarray]:
+                       reveal: str = "immediate") -> tuple[np.ndarray, np.ndarray]:
     """One sample per row of ``obs``: traffic ``(n, T)`` and locations ``(n, T)``, observed values
     copied through exactly."""
     n, T = obs.traffic.shape

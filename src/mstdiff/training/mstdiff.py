@@ -194,7 +194,7 @@ class MSTDiff:
 
     def generate(self, n: int | None = None, *, generator: torch.Generator, condition: Any = None,
                  device: torch.device | str | None = None, batch_size: int = 256,
-                 progress: bool = False, reveal: str = "scheduled") -> tuple[np.ndarray, np.ndarray]:
+                 progress: bool = False, reveal: str = "immediate") -> tuple[np.ndarray, np.ndarray]:
         """``n`` samples in batches, or, with ``condition`` (an :class:`~mstdiff.conditional.Observed`),
         one sample per row of it: the observed traffic and locations are kept exactly and the rest is
         generated consistently with them (:mod:`mstdiff.conditional`)."""
