@@ -268,7 +268,8 @@ def train(train_dir: Path, val_dir: Path | None, transition: Path, vqvae: Path |
               help="Training directory or its model.pt.")
 @click.option("--like", type=click.Path(path_type=Path), required=True,
               help="Prepared dataset whose station table the samples use (e.g. the train split).")
-@click.option("--n", type=click.IntRange(min=1), required=True, help="Number of samples.")
+@click.option("--n", type=click.IntRange(min=1), default=None,
+              help="Number of samples (unconditional; with --condition: one per condition sample × K).")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
@@ -276,16 +277,47 @@ def train(train_dir: Path, val_dir: Path | None, transition: Path, vqvae: Path |
 @click.option("--overwrite", is_flag=True)
 @click.option("--sample", "sampling", multiple=True, metavar="KEY=VALUE",
               help="Sampling option of model.hybrid, e.g. location_temperature=0.9, unmask_order=confidence.")
-def generate_cmd(model_path: Path, like: Path, n: int, out: Path, seed: int, batch_size: int, device: str,
-                 overwrite: bool, sampling: tuple[str, ...]) -> None:
-    """Sample N joint (trajectory, traffic) series into a prepared dataset (Algorithm 2)."""
+@click.option("--condition", default=None, metavar="KIND=DIR",
+              help="Conditional generation on a prepared dataset: locations=DIR (traffic for these "
+                   "trajectories), traffic=DIR (trajectories for this traffic), both=DIR (fill --mask "
+                   "slots).")
+@click.option("--mask", default=None, metavar="RULE",
+              help="Slots to generate: all, after=HH:MM, before=HH:MM, random=P, or a .npy bool file.")
+@click.option("--samples-per-condition", type=click.IntRange(min=1), default=1, show_default=True)
+def generate_cmd(model_path: Path, like: Path, n: int | None, out: Path, seed: int, batch_size: int,
+                 device: str, overwrite: bool, sampling: tuple[str, ...], condition: str | None,
+                 mask: str | None, samples_per_condition: int) -> None:
+    """Sample N joint (trajectory, traffic) series into a prepared dataset (Algorithm 2), or
+    samples conditioned on given trajectories, traffic or partial records (--condition)."""
     from mstdiff.data import PreparedDataset
+    from mstdiff.errors import InputError
     from mstdiff.training.mstdiff import MSTDiff, generate
 
+    if condition is None and n is None:
+        raise InputError("--n is required without --condition", where="generate", fix="pass --n N")
+    if condition is None and (mask is not None or samples_per_condition != 1):
+        raise InputError("--mask and --samples-per-condition need --condition", where="generate",
+                         fix="add --condition KIND=DIR")
     model = MSTDiff.load(model_path).with_sampling(**_parse_options(sampling))
     like_ds = PreparedDataset.load(like)
-    ds = generate(model, like_ds, n, out, seed=seed,
-                  batch_size=batch_size, device=device, overwrite=overwrite)
+    if condition is not None:
+        from mstdiff.conditional import CONDITION_KINDS, generate_conditional
+
+        kind, sep, cdir = condition.partition("=")
+        if not sep or kind not in CONDITION_KINDS or not cdir:
+            raise InputError(f"--condition {condition!r}", where="--condition",
+                             fix=f"write KIND=DIR with KIND one of {', '.join(CONDITION_KINDS)}")
+        if kind == "both" and mask is None:
+            raise InputError("--condition both=DIR needs --mask (which slots to fill)", where="--mask",
+                             fix="e.g. --mask after=18:00 or --mask random=0.3")
+        ds = generate_conditional(model, like_ds, PreparedDataset.load(cdir), kind, out,
+                                  mask=mask, samples_per_condition=samples_per_condition, seed=seed,
+                                  batch_size=batch_size, device=device, overwrite=overwrite,
+                                  condition_path=str(cdir))
+    else:
+        assert n is not None
+        ds = generate(model, like_ds, n, out, seed=seed,
+                      batch_size=batch_size, device=device, overwrite=overwrite)
     click.echo(ds.summary())
     from mstdiff.metrics.sanity import compare_sanity
 

@@ -44,6 +44,8 @@ from mstdiff.errors import InputError
 logger = logging.getLogger(__name__)
 
 LOCATION_INPUTS = ("sampled", "soft")
+# conditional generation: (w, l, a, s) -> (w, l, a) with the observed part of the state at step s
+Imputer = Callable[[Tensor, Tensor, "Tensor | None", int], "tuple[Tensor, Tensor, Tensor | None]"]
 FINAL_LOCATIONS = ("sample", "argmax")
 LOCATION_DRAWS = ("two_stage", "dense")
 
@@ -301,6 +303,7 @@ class HybridDiffusion:
         device: torch.device | str | None = None,
         progress: bool = False,
         on_step: Callable[[], None] | None = None,
+        impute: Imputer | None = None,
     ) -> HybridSample:
         """Algorithm 2: ``w_S ~ N(0, I)``, ``l_S`` from the process's stationary law (uniform for the
         graph process, all masked for the absorbing one); for s = S..1 one network call and one step.
@@ -308,6 +311,11 @@ class HybridDiffusion:
         Runs the model in eval mode (restoring its mode afterwards). ``device`` defaults to the
         device of the Gaussian schedule's buffers. ``on_step`` is called after every reverse step
         (for a caller's progress bar).
+
+        ``impute(w, l, a, s)`` (conditional generation) replaces the observed part of the state at
+        step ``s`` (the prior draw at ``s = S``, then after every step to ``s − 1``) and returns the
+        new ``(w, l, a)``: the network sees the observed values at every step and generates the
+        rest consistently with them (replacement, as in RePaint and masked-token infilling).
         """
         device = torch.device(device) if device is not None else self.gaussian.betas.device
         N, S = self.num_states, self.num_steps
@@ -329,6 +337,8 @@ class HybridDiffusion:
         if callable(set_mode):
             set_mode(False)
         a = self.activity.sample_prior((n, T), generator, device) if self.activity is not None else None
+        if impute is not None:
+            w, l, a = impute(w, l, a, S)
         try:
             for step in tqdm(range(S, 0, -1), desc="sampling", unit="step", disable=not progress):
                 s = torch.full((n,), step, dtype=torch.long, device=device)
@@ -336,6 +346,8 @@ class HybridDiffusion:
                 out = model(w, loc_in, s) if a is None else model(w, loc_in, s, activity=a)
                 nxt = self.step(out, w, l, s, generator, cache, a_s=a)
                 w, l, a = nxt.w_prev, nxt.l_prev, nxt.a_prev
+                if impute is not None:
+                    w, l, a = impute(w, l, a, step - 1)
                 if on_step is not None:
                     on_step()
                 if soft:

@@ -177,15 +177,38 @@ class MSTDiff:
         self, n: int, *, generator: torch.Generator, device: torch.device | str | None = None,
         progress: bool = False,
         on_step: Callable[[], None] | None = None,
+        impute: Any = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Algorithm 2 for ``n`` samples: traffic ``(n, T)`` float32 ≥ 0 and station ids ``(n, T)``."""
+        """Algorithm 2 for ``n`` samples: traffic ``(n, T)`` float32 ≥ 0 and station ids ``(n, T)``.
+
+        ``impute``: the conditioning hook of :meth:`HybridDiffusion.sample`
+        (:func:`mstdiff.conditional.make_imputer`); for conditional generation use
+        :meth:`generate_conditional` or :func:`mstdiff.conditional.sample_conditional`."""
         T = self.config.denoiser.seq_len
         out = self.hybrid.sample(self.denoiser, n, T, generator, device=device, progress=progress,
-                                 on_step=on_step)
+                                 on_step=on_step, impute=impute)
         x = idwt(out.w0)
         traffic = (self.scaler.decode(x) if out.a0 is None
                    else self.scaler.decode_with_activity(x, out.a0)).float().cpu().numpy()
         return traffic.astype(np.float32), out.l0.cpu().numpy().astype(np.int32)
+
+    def generate(self, n: int | None = None, *, generator: torch.Generator, condition: Any = None,
+                 device: torch.device | str | None = None, batch_size: int = 256,
+                 progress: bool = False, reveal: str = "immediate") -> tuple[np.ndarray, np.ndarray]:
+        """``n`` samples in batches, or, with ``condition`` (an :class:`~mstdiff.conditional.Observed`),
+        one sample per row of it: the observed traffic and locations are kept exactly and the rest is
+        generated consistently with them (:mod:`mstdiff.conditional`)."""
+        from mstdiff.conditional import Observed, sample_conditional
+
+        dev = torch.device(device) if device is not None else next(self.denoiser.parameters()).device
+        if condition is None:
+            if n is None or n < 1:
+                raise InputError(f"n = {n}: give the number of samples or a condition", where="generate")
+            T = self.config.denoiser.seq_len
+            z = np.zeros((n, T), dtype=bool)
+            condition = Observed(np.zeros((n, T), np.float32), np.zeros((n, T), np.int64), z, z)
+        return sample_conditional(self, condition, generator=generator, device=dev, batch_size=batch_size,
+                                  progress=progress, reveal=reveal)
 
     def save(
         self, path: str | os.PathLike[str], *, transition_path: str | None, meta: dict[str, Any]

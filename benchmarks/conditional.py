@@ -1,0 +1,177 @@
+"""Conditional generation on a trained model: three tasks, paired scores, against references.
+
+Tasks (on ``--n`` real samples of ``--real``, ``--k`` draws per condition):
+
+* ``traffic | locations`` — traffic for the real trajectories. Scores: CRPS and energy score per
+  sample against the real traffic, coverage of the 50 % / 90 % intervals; joint metrics of
+  (generated traffic, real locations) against the real set. References: the unconditional model
+  (K of its samples per condition) and a class-hour baseline (K draws from the training traffic
+  seen at the same station class and hour).
+* ``locations | traffic`` — trajectories for the real traffic. Scores: top-1 / top-5 station
+  accuracy per slot (stations ranked by votes of the K draws), mean distance of a draw's station
+  to the real one. References: the unconditional model and a Markov chain (given nothing).
+* ``fill after 18:00`` — both modalities observed before 18:00, generated after. Scores on the
+  generated slots only. References: the unconditional model and "carry forward" (the last observed
+  station held; traffic from the class-hour baseline at it).
+
+    python benchmarks/conditional.py --model runs/bench-sh/models/mstdiff/train \\
+        --train runs/bench-sh/split/train --real runs/bench-sh/split/test --n 100 --k 10 \\
+        --sample location_temperature=0.9 --out benchmarks/results/conditional
+
+Prints a Markdown table and writes ``results.json`` / ``results.md`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from mstdiff.baselines import make_baseline
+from mstdiff.conditional import mask_rule, observed_from
+from mstdiff.data import PreparedDataset
+from mstdiff.metrics import paired
+from mstdiff.metrics.joint import joint_jsd, joint_profile_rmse, location_classes
+from mstdiff.threads import set_threads
+from mstdiff.training.mstdiff import MSTDiff
+
+
+def class_hour_sampler(train: PreparedDataset, codes: np.ndarray, rng: np.random.Generator):
+    """K draws of traffic per slot from the training values at the same (station class, slot)."""
+    T = train.T
+    pools: dict[tuple[int, int], np.ndarray] = {}
+    cls = codes[train.locations]  # (U, T)
+    for c in np.unique(cls):
+        for t in range(T):
+            vals = train.traffic[:, t][cls[:, t] == c]
+            pools[(int(c), t)] = vals if vals.size else train.traffic[:, t]
+
+    def draw(locations: np.ndarray, K: int) -> np.ndarray:
+        n = locations.shape[0]
+        out = np.empty((n, K, T), dtype=np.float32)
+        for i in range(n):
+            for t in range(T):
+                pool = pools.get((int(codes[locations[i, t]]), t), train.traffic[:, t])
+                out[i, :, t] = rng.choice(pool, size=K)
+        return out
+
+    return draw
+
+
+def traffic_scores(draws, truth, mask=None) -> dict[str, float]:
+    return {"crps": paired.crps(draws, truth, mask), "energy": paired.energy_score(draws, truth, mask),
+            "cover50": paired.interval_coverage(draws, truth, 0.5, mask),
+            "cover90": paired.interval_coverage(draws, truth, 0.9, mask)}
+
+
+def location_scores(draws, truth, lat, lon, mask=None) -> dict[str, float]:
+    return {"top1": paired.location_accuracy(draws, truth, 1, mask),
+            "top5": paired.location_accuracy(draws, truth, 5, mask),
+            "dist_km": paired.location_distance_km(draws, truth, lat, lon, mask)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--train", type=Path, required=True)
+    ap.add_argument("--real", type=Path, required=True)
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--sample", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--reveal", default="immediate", choices=["scheduled", "immediate"])
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    set_threads(args.threads)
+    opts = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.sample)}
+    model = MSTDiff.load(args.model).with_sampling(**opts)
+    train, real = PreparedDataset.load(args.train), PreparedDataset.load(args.real)
+    rng = np.random.default_rng(args.seed)
+    pick = np.sort(rng.choice(real.n_samples, size=min(args.n, real.n_samples), replace=False))
+    cond = real.subset(pick)
+    n, K, T = cond.n_samples, args.k, cond.T
+    lat = train.stations["lat"].to_numpy(float)
+    lon = train.stations["lon"].to_numpy(float)
+    codes = location_classes(train.stations, train.locations).codes
+    truth_l = observed_from("locations", cond, train).locations  # on the train station table
+    truth_m = cond.traffic
+    dev = torch.device("cpu")
+    rep = np.repeat(np.arange(n), K)
+
+    def draws(kind, mask=None, seed=0):
+        obs = observed_from(kind, cond, train, mask).rows(rep)
+        t0 = time.perf_counter()
+        tr, lo = model.generate(generator=torch.Generator().manual_seed(seed), condition=obs,
+                                device=dev, batch_size=args.batch_size, progress=True, reveal=args.reveal)
+        return tr.reshape(n, K, T), lo.reshape(n, K, T), time.perf_counter() - t0
+
+    results: dict[str, dict[str, float]] = {}
+    t0 = time.perf_counter()
+    un_tr, un_lo = model.generate(n * K, generator=torch.Generator().manual_seed(args.seed + 1),
+                                  device=dev, batch_size=args.batch_size, progress=True)
+    un_tr, un_lo = un_tr.reshape(n, K, T), un_lo.reshape(n, K, T)
+    secs_un = time.perf_counter() - t0
+    class_hour = class_hour_sampler(train, codes, np.random.default_rng(args.seed + 2))
+    markov = make_baseline("markov").fit(train, progress=False).generate(n * K, seed=args.seed + 3,
+                                                                          progress=False)
+    mk_lo = markov.locations.reshape(n, K, T)
+
+    # traffic | locations
+    c_tr, _, secs = draws("locations", seed=args.seed + 10)
+    results["traffic|locations: MSTDiff conditional"] = {**traffic_scores(c_tr, truth_m), "seconds": secs}
+    results["traffic|locations: MSTDiff unconditional"] = {**traffic_scores(un_tr, truth_m),
+                                                            "seconds": secs_un}
+    results["traffic|locations: class-hour baseline"] = traffic_scores(class_hour(truth_l, K), truth_m)
+    # joint metrics of (one draw of traffic, the locations it was drawn for) against the real pairs
+    real_pair = (truth_m, truth_l)
+    for name, tr, lo in [("traffic|locations: MSTDiff conditional", c_tr[:, 0], truth_l),
+                         ("traffic|locations: MSTDiff unconditional", un_tr[:, 0], un_lo[:, 0])]:
+        results[name]["joint_jsd"] = joint_jsd(real_pair, (tr, lo), codes)
+        results[name]["joint_rmse"] = joint_profile_rmse(real_pair, (tr, lo), codes)
+
+    # locations | traffic
+    _, c_lo, secs = draws("traffic", seed=args.seed + 20)
+    results["locations|traffic: MSTDiff conditional"] = {**location_scores(c_lo, truth_l, lat, lon),
+                                                          "seconds": secs}
+    results["locations|traffic: MSTDiff unconditional"] = location_scores(un_lo, truth_l, lat, lon)
+    results["locations|traffic: Markov (given nothing)"] = location_scores(mk_lo, truth_l, lat, lon)
+
+    # fill after 18:00
+    gen_mask = mask_rule("after=18:00", n, T, bin_minutes=cond.bin_minutes)
+    f_tr, f_lo, secs = draws("both", gen_mask, seed=args.seed + 30)
+    results["fill 18:00-24:00: MSTDiff conditional"] = {
+        **traffic_scores(f_tr, truth_m, gen_mask), **location_scores(f_lo, truth_l, lat, lon, gen_mask),
+        "seconds": secs}
+    results["fill 18:00-24:00: MSTDiff unconditional"] = {
+        **traffic_scores(un_tr, truth_m, gen_mask), **location_scores(un_lo, truth_l, lat, lon, gen_mask)}
+    last = int(np.argmax(gen_mask[0])) - 1
+    carry = truth_l.copy()
+    carry[:, gen_mask[0]] = truth_l[:, [last]]
+    carry_draws = np.repeat(carry[:, None, :], K, axis=1)
+    results["fill 18:00-24:00: carry forward + class-hour"] = {
+        **traffic_scores(class_hour(carry, K), truth_m, gen_mask),
+        **location_scores(carry_draws, truth_l, lat, lon, gen_mask)}
+
+    cols = ["crps", "energy", "cover50", "cover90", "top1", "top5", "dist_km", "joint_jsd",
+            "joint_rmse", "seconds"]
+    lines = ["| task: model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name, r in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r[c]:.4f}" if c in r else "" for c in cols) + " |")
+    table = "\n".join(lines)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    info = {"model": str(args.model), "real": str(args.real), "train": str(args.train), "n": n, "k": K,
+            "seed": args.seed, "sampling": opts, "reveal": args.reveal, "results": results}
+    (args.out / "results.json").write_text(json.dumps(info, indent=2) + "\n")
+    (args.out / "results.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
