@@ -25,7 +25,7 @@ def test_smoke_benchmark_all_models(smoke):
     results = json.loads((out / "results.json").read_text())
     rows = results["metrics"]["metrics"]  # generated set -> metric -> value
     names = ["mstdiff", "mstdiff-paper", "mstdiff-traffic+markov", "dit+markov", "csdi+timegeo",
-             "csdi+difftraj"]
+             "csdi+difftraj", "csdi+pategail", "dit+volunteer"]
     assert set(names) <= set(rows)
     # the two MSTDiff configurations: absorbing noise + copy head, and the paper's graph process
     import yaml

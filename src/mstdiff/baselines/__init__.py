@@ -1,8 +1,9 @@
 """Baselines of the paper behind one interface, producing the same output type as MSTDiff.
 
 Trajectory: :class:`Markov` (time-of-day Markov chain), :class:`TimeGeo` (Jiang et al. 2016),
-:class:`DiffTraj` (Zhu et al. 2023). Traffic: :class:`CSDI` (Tashiro et al. 2021), :class:`DiT`
-(DiT-1D, Peebles & Xie 2023), :class:`MSTDiffTraffic` (MSTDiff without trajectory, the paper's
+:class:`DiffTraj` (Zhu et al. 2023), :class:`PateGail` (Wang et al. 2024), :class:`Volunteer`
+(Long et al. 2023). Traffic: :class:`CSDI` (Tashiro et al. 2021), :class:`DiT` (DiT-1D, Peebles &
+Xie 2023), :class:`MSTDiffTraffic` (MSTDiff without trajectory, the paper's
 ablation). A traffic and a trajectory baseline combine into an independent
 :class:`Pair` (``"csdi+timegeo"``). Build by name with :func:`make_baseline`, fit on a prepared
 dataset, and write a generated set with :func:`generate_dataset`; see :mod:`mstdiff.baselines.base`.
@@ -26,7 +27,9 @@ from mstdiff.baselines.difftraj import DiffTraj, DiffTrajConfig, StationSnapper
 from mstdiff.baselines.dit import DiT, DiTConfig
 from mstdiff.baselines.markov import Markov, MarkovConfig
 from mstdiff.baselines.mstdiff_traffic import MSTDiffTraffic, MSTDiffTrafficConfig
+from mstdiff.baselines.pategail import PateGail, PateGailConfig
 from mstdiff.baselines.timegeo import TimeGeo, TimeGeoConfig
+from mstdiff.baselines.volunteer import Volunteer, VolunteerConfig
 from mstdiff.data.scaling import TrafficScaler
 
 __all__ = [
@@ -45,11 +48,15 @@ __all__ = [
     "Markov",
     "MarkovConfig",
     "Pair",
+    "PateGail",
+    "PateGailConfig",
     "StationSnapper",
     "TimeGeo",
     "TimeGeoConfig",
     "TrafficScaler",
     "TrainConfig",
+    "Volunteer",
+    "VolunteerConfig",
     "baseline_names",
     "generate_dataset",
     "load_baseline",
