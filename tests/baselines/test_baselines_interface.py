@@ -38,7 +38,8 @@ def pair(city):
 
 
 def test_registry_names():
-    assert baseline_names() == ["csdi", "difftraj", "dit", "markov", "mstdiff-traffic", "timegeo"]
+    assert baseline_names() == ["csdi", "difftraj", "dit", "markov", "mstdiff-traffic", "pategail", "timegeo",
+                                "volunteer"]
     for name, cls in BASELINES.items():
         assert cls.name == name and cls.produces in ({frozenset({"traffic"}), frozenset({"locations"})})
         m = make_baseline(name)
