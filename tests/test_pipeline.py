@@ -25,7 +25,7 @@ def test_smoke_benchmark_all_models(smoke):
     results = json.loads((out / "results.json").read_text())
     rows = results["metrics"]["metrics"]  # generated set -> metric -> value
     names = ["mstdiff", "mstdiff-paper", "mstdiff-traffic+markov", "dit+markov", "csdi+timegeo",
-             "csdi+difftraj", "mshgan+markov", "adaptive+markov"]
+             "csdi+difftraj", "mshgan+markov", "adaptive+markov", "csdi+pategail", "dit+volunteer"]
     assert set(names) <= set(rows)
     adaptive = json.loads((out / "models" / "adaptive+markov" / "generated" / "meta.json").read_text())
     assert adaptive["independent_pair"] is False and adaptive["trajectory_source"] == "markov"

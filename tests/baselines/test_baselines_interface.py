@@ -39,7 +39,7 @@ def pair(city):
 
 def test_registry_names():
     assert baseline_names() == ["adaptive", "csdi", "difftraj", "dit", "markov", "mshgan", "mstdiff-traffic",
-                                "replay", "timegeo"]
+                                "pategail", "replay", "timegeo", "volunteer"]
     for name, cls in BASELINES.items():
         assert cls.name == name and cls.produces in ({frozenset({"traffic"}), frozenset({"locations"})})
         m = make_baseline(name)

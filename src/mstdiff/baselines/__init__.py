@@ -1,7 +1,8 @@
 """Baselines of the paper behind one interface, producing the same output type as MSTDiff.
 
 Trajectory: :class:`Markov` (time-of-day Markov chain), :class:`TimeGeo` (Jiang et al. 2016),
-:class:`DiffTraj` (Zhu et al. 2023). Traffic: :class:`CSDI` (Tashiro et al. 2021), :class:`DiT`
+:class:`DiffTraj` (Zhu et al. 2023), :class:`PateGail` (Wang et al. 2024), :class:`Volunteer`
+(Long et al. 2023). Traffic: :class:`CSDI` (Tashiro et al. 2021), :class:`DiT`
 (DiT-1D, Peebles & Xie 2023), :class:`MSHGAN` (BiLSTM + self-attention over a switch-mode generator
 group, WGAN-GP), :class:`ADAPTIVE` (Jin et al. 2023: station-feature-conditioned GAN with cross-city
 alignment), :class:`MSTDiffTraffic` (MSTDiff without trajectory, the paper's ablation); and
@@ -32,8 +33,10 @@ from mstdiff.baselines.dit import DiT, DiTConfig
 from mstdiff.baselines.markov import Markov, MarkovConfig
 from mstdiff.baselines.mshgan import MSHGAN, MSHGANConfig
 from mstdiff.baselines.mstdiff_traffic import MSTDiffTraffic, MSTDiffTrafficConfig
+from mstdiff.baselines.pategail import PateGail, PateGailConfig
 from mstdiff.baselines.replay import Replay, ReplayConfig
 from mstdiff.baselines.timegeo import TimeGeo, TimeGeoConfig
+from mstdiff.baselines.volunteer import Volunteer, VolunteerConfig
 from mstdiff.data.scaling import TrafficScaler
 
 __all__ = [
@@ -59,11 +62,15 @@ __all__ = [
     "Pair",
     "Replay",
     "ReplayConfig",
+    "PateGail",
+    "PateGailConfig",
     "StationSnapper",
     "TimeGeo",
     "TimeGeoConfig",
     "TrafficScaler",
     "TrainConfig",
+    "Volunteer",
+    "VolunteerConfig",
     "baseline_names",
     "generate_dataset",
     "load_baseline",
