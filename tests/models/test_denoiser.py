@@ -173,7 +173,7 @@ def test_cosine_location_head_bounds_logits_by_its_temperature():
     loc = torch.randint(0, 30, (3, 16), generator=g)
     out = model(torch.randn(3, 16, generator=g), loc, torch.tensor([1, 2, 3]))
     tau = float(model.log_tau.detach().exp())
-    centred = out.logits - model.logits_head.bias
+    centred = (out.logits - model.logits_head.bias).detach()
     assert abs(tau - 10.0) < 1e-5 and float(centred.abs().max()) <= tau + 1e-4
     out.logits.sum().backward()
     assert model.log_tau.grad is not None and torch.isfinite(model.log_tau.grad)
