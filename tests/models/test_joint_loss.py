@@ -124,3 +124,49 @@ def test_fast_kl_path_equals_explicit_path():
     assert torch.allclose(parts_fast["location_kl"], parts_slow["location_kl"], rtol=1e-6, atol=1e-8)
     no_kl, parts = joint_loss(Out, torch.zeros(5, 8), None, l0, l_s, s, gt, weights=(1.0, 0.0, 0.1))
     assert parts["location_kl"].item() == 0.0 and torch.allclose(no_kl, 0.1 * parts["location_ce"])
+
+
+def test_condition_masks_rates_and_tasks():
+    from mstdiff.models.losses import condition_masks
+
+    g = torch.Generator().manual_seed(0)
+    m_l, m_a = condition_masks((3000, 12), 0.0, g, "cpu")
+    assert not m_l.any() and not m_a.any()
+    m_l, m_a = condition_masks((3000, 12), 0.5, g, "cpu")
+    cond = m_l.any(1) | m_a.any(1)
+    assert abs(cond.float().mean().item() - 0.5) < 0.04
+    only_l = m_l.all(1) & ~m_a.any(1)  # trajectories given
+    only_a = m_a.all(1) & ~m_l.any(1)  # traffic given
+    assert abs(only_l.float().mean().item() - 0.5 / 3) < 0.03
+    assert abs(only_a.float().mean().item() - 0.5 / 3) < 0.03
+    fill = cond & ~only_l & ~only_a
+    assert torch.equal(m_l[fill], m_a[fill]) and fill.any()  # the same slots of both
+
+
+def test_given_location_tokens_carry_no_location_loss():
+    """With every location given (condition_rate 1, task 0 forced), the location part is zero."""
+    from mstdiff.diffusion.absorbing import AbsorbingProcess
+    from mstdiff.diffusion.gaussian import GaussianConfig, GaussianDiffusion
+    from mstdiff.diffusion.hybrid import HybridDiffusion
+    from mstdiff.models import losses
+
+    S, N = 6, 9
+    hybrid = HybridDiffusion(GaussianDiffusion(GaussianConfig(num_steps=S)), AbsorbingProcess(N, S))
+
+    class Net(torch.nn.Module):
+        def forward(self, w, loc, s, activity=None):
+            from types import SimpleNamespace
+
+            return SimpleNamespace(eps=torch.zeros_like(w), logits=torch.zeros(*w.shape, N))
+
+    w0, l0 = torch.randn(4, 8), torch.randint(0, N, (4, 8))
+    orig = losses.condition_masks
+    try:
+        losses.condition_masks = lambda shape, rate, g, d: (torch.ones(shape, dtype=torch.bool),) * 2
+        _, parts = losses.training_loss(Net(), hybrid, w0, l0, torch.Generator().manual_seed(0),
+                                        condition_rate=1.0)
+    finally:
+        losses.condition_masks = orig
+    assert float(parts["location_kl"]) == 0.0
+    _, free = losses.training_loss(Net(), hybrid, w0, l0, torch.Generator().manual_seed(0))
+    assert float(free["location_kl"]) > 0.0

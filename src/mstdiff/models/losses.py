@@ -99,6 +99,32 @@ def joint_loss(
     return total, parts
 
 
+def condition_masks(shape: tuple[int, ...], rate: float, generator: torch.Generator | None,
+                    device: torch.device | str) -> tuple[Tensor, Tensor]:
+    """Per-slot "observed" masks ``(B, T)`` for the locations and the activity classes: each sample is
+    conditioned with probability ``rate``, then as one of three tasks with equal probability —
+    locations given (all slots), traffic given (activity, all slots), or both given on a prefix of
+    random length (half the time) or on a random share of the slots."""
+    B, T = shape
+    gd = generator.device if generator is not None else torch.device("cpu")
+
+    def rand(*size: int) -> Tensor:
+        return torch.rand(size, generator=generator, device=gd).to(device)
+
+    on = rand(B) < rate
+    task = (rand(B) * 3).long().clamp(max=2)  # 0 locations, 1 traffic, 2 both
+    cut = (rand(B) * (T - 1)).long() + 1  # prefix length 1..T-1
+    prefix = torch.arange(T, device=device)[None, :] < cut[:, None]
+    share = rand(B, 1)
+    scattered = rand(B, T) < share
+    part = torch.where(rand(B, 1) < 0.5, prefix, scattered)
+    every = torch.ones(B, T, dtype=torch.bool, device=device)
+    none = torch.zeros_like(every)
+    m_l = torch.where((task == 0)[:, None], every, torch.where((task == 2)[:, None], part, none))
+    m_a = torch.where((task == 1)[:, None], every, torch.where((task == 2)[:, None], part, none))
+    return m_l & on[:, None], m_a & on[:, None]
+
+
 def training_loss(
     model: Any,
     hybrid: HybridDiffusion,
@@ -108,6 +134,7 @@ def training_loss(
     weights: LossWeights | tuple[float, float, float] = (1.0, 1.0, 0.1),
     a0: Tensor | None = None,
     activity_weight: float = 1.0,
+    condition_rate: float = 0.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """One draw of Algorithm 1 for a batch: ``s ~ U{1..S}``, noise both branches, one network call, loss.
 
@@ -115,16 +142,28 @@ def training_loss(
     activity stream (``hybrid.activity``), ``a0 (B, T)`` are the slot activity classes: they are
     noised to the same step and their masked cross-entropy (per masked token, as the locations')
     joins the total with weight ``activity_weight`` (part ``"activity_ce"``).
+
+    ``condition_rate`` (conditional generation, :mod:`mstdiff.conditional`): that share of the
+    samples is trained as the conditional sampler sees them, with the observed tokens of the
+    absorbing streams given clean at every step (:func:`condition_masks`): all locations (traffic
+    given trajectories), all activity classes (trajectories given traffic), or both on a prefix or a
+    random share of the slots (filling gaps). Given tokens carry no loss (they are not masked).
     """
     s = hybrid.sample_steps(w0.shape[0], generator, w0.device)  # (B,)
     w_s, eps, l_s = hybrid.noise(w0, l0, s, generator)
     act = getattr(hybrid, "activity", None)
+    m_l = m_a = None
+    if condition_rate > 0 and getattr(hybrid.discrete, "mask_id", None) is not None:
+        m_l, m_a = condition_masks(l0.shape, condition_rate, generator, l0.device)
+        l_s = torch.where(m_l, l0.long(), l_s)
     if act is None:
         out = model(w_s, hybrid.location_input(l0, l_s, s), s)
         return joint_loss(out, eps, None, l0, l_s, s, hybrid.discrete, weights)
     if a0 is None:
         raise ValueError("the hybrid has an activity stream: pass the activity classes a0 (B, T)")
     a_s = act.q_sample(a0, s, generator)  # (B, T)
+    if m_a is not None:
+        a_s = torch.where(m_a, a0.long(), a_s)
     out = model(w_s, hybrid.location_input(l0, l_s, s), s, activity=a_s)
     total, parts = joint_loss(out, eps, None, l0, l_s, s, hybrid.discrete, weights)
     _, ce_tok = act.location_losses(a0, out.activity_logits, a_s, s)

@@ -72,6 +72,7 @@ class TrainConfig:
         "ema_decay": between(0, 1, open_hi=True), "loss_weights": ge(0), "val_batches": ge(0),
         "checkpoint_every": ge(1), "log_every": ge(1), "seed": ge(0), "num_threads": ge(1),
         "calibration_samples": ge(0), "calibration_batch_size": ge(1), "activity_weight": ge(0),
+        "condition_rate": between(0, 1),
     }
 
     epochs: int = 20  # passes over the training samples
@@ -98,6 +99,9 @@ class TrainConfig:
     calibration_samples: int = 256
     calibration_batch_size: int = 256  # samples per sampling batch of that calibration
     activity_weight: float = 1.0  # weight of the activity channel's masked CE (model.activity)
+    # share of training samples given as the conditional sampler sees them (mstdiff.conditional):
+    # observed location / activity tokens clean; 0 = unconditional training only
+    condition_rate: float = 0.0
 
 
 @dataclass
@@ -660,7 +664,8 @@ def _local_loss(
     """
     if ctx.world_size == 1:
         loss, parts = training_loss(net, hybrid, w0[idx], l0[idx], noise_gen, cfg.loss_weights,
-                                    a0=None if a0 is None else a0[idx], activity_weight=cfg.activity_weight)
+                                    a0=None if a0 is None else a0[idx], activity_weight=cfg.activity_weight,
+                                    condition_rate=cfg.condition_rate)
         return loss, parts, int(idx.numel())
     mine = distributed.local_chunk(idx, ctx.rank, ctx.world_size)
     n_local = int(mine.numel())
@@ -668,7 +673,8 @@ def _local_loss(
     if n_local == 0:
         mine = idx[:1]
     loss, parts = training_loss(net, hybrid, w0[mine], l0[mine], noise_gen, cfg.loss_weights,
-                                a0=None if a0 is None else a0[mine], activity_weight=cfg.activity_weight)
+                                a0=None if a0 is None else a0[mine], activity_weight=cfg.activity_weight,
+                                condition_rate=cfg.condition_rate)
     return (loss * weight if weight != 1.0 else loss), parts, n_local
 
 
