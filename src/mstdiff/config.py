@@ -260,16 +260,20 @@ def check_kwargs(func: Callable[..., Any], data: dict[str, Any], prefix: str, *,
                          where=_locate(ctx, prefix + unknown[0]),
                          fix=f"valid keys are: {', '.join(sorted(params))}")
     for k, v in data.items():
-        key = prefix + k
-        try:
-            value = _coerce(hints.get(k, Any), v, key, ctx)
-        except _Mismatch as exc:
-            raise InputError(f"{key} = {v!r} is not {exc}", where=_locate(ctx, key),
-                             fix=f"give {key} {exc}") from None
-        check = (checks or {}).get(k)
-        if check is not None and not _apply_check(check, value):
-            raise InputError(f"{key} = {v!r} is out of range", where=_locate(ctx, key),
-                             fix=f"{key} must be {check.allowed}")
+        _checked(hints.get(k, Any), v, prefix + k, (checks or {}).get(k), ctx)
+
+
+def _checked(tp: Any, v: Any, key: str, check: Check | None, ctx: _Ctx) -> Any:
+    """``v`` coerced to ``tp`` and within ``check``, else an :class:`InputError` located by ``ctx``."""
+    try:
+        value = _coerce(tp, v, key, ctx)
+    except _Mismatch as exc:
+        raise InputError(f"{key} = {v!r} is not {exc}", where=_locate(ctx, key),
+                         fix=f"give {key} {exc}") from None
+    if check is not None and not _apply_check(check, value):
+        raise InputError(f"{key} = {v!r} is out of range", where=_locate(ctx, key),
+                         fix=f"{key} must be {check.allowed}")
+    return value
 
 
 def _checks_of(cls: type) -> dict[str, Check]:
@@ -303,17 +307,7 @@ def _build(cls: type[C], data: dict[str, Any], prefix: str, ctx: _Ctx) -> C:
     checks = _checks_of(cls)
     kwargs = {}
     for k, v in data.items():
-        key = prefix + k
-        try:
-            value = _coerce(hints.get(k, Any), v, key, ctx)
-        except _Mismatch as exc:
-            raise InputError(f"{key} = {v!r} is not {exc}", where=_locate(ctx, key),
-                             fix=f"give {key} {exc}") from None
-        check = checks.get(k)
-        if check is not None and not _apply_check(check, value):
-            raise InputError(f"{key} = {v!r} is out of range", where=_locate(ctx, key),
-                             fix=f"{key} must be {check.allowed}")
-        kwargs[k] = value
+        kwargs[k] = _checked(hints.get(k, Any), v, prefix + k, checks.get(k), ctx)
     try:
         return cls(**kwargs)
     except InputError as exc:
