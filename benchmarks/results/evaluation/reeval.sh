@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Re-evaluation of the committed Shanghai benchmark's generated sets with the issue-13 protocol.
 set -euo pipefail
-cd /work/wt13
-. /work/main/.venv/bin/activate
-export PYTHONPATH=src OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1
-RUN=/work/main/runs/bench-sh
-OUT=/work/runs-13
+cd "$(dirname "$0")/../../.."  # the repository root
+. .venv/bin/activate
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1
+RUN=runs/bench-sh
+OUT="${OUT:-runs/evaluation}"
+mkdir -p "$OUT"
 python benchmarks/evaluation_controls.py --run $RUN --out $OUT/controls --seed 0
 GEN=""
 for m in mstdiff mstdiff-paper mstdiff-traffic+markov csdi+timegeo dit+markov csdi+difftraj; do

@@ -1,9 +1,9 @@
 #!/bin/sh
 # evaluate every generated set of the committed Shanghai benchmark plus the GAN rows, test split
-. /work/main/.venv/bin/activate
-cd /work/wt15
-export PYTHONPATH=src OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1
-R=/work/runs-15/bench-sh
+cd "$(dirname "$0")/../../.."  # the repository root
+. .venv/bin/activate
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1
+R="${RUN:-runs/bench-sh}"
 G=""
 for m in mstdiff mstdiff-paper mstdiff-traffic+markov csdi+timegeo dit+markov csdi+difftraj mshgan+markov adaptive+markov adaptive+replay; do
   G="$G --generated $m=$R/models/$m/generated"
