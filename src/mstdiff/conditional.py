@@ -37,6 +37,7 @@ from mstdiff.data.dataset import PreparedDataset
 from mstdiff.errors import InputError
 from mstdiff.io import check_output_dir, run_meta
 from mstdiff.models.wavelet import dwt, idwt
+from mstdiff.training.mstdiff import check_station_table
 from mstdiff.training.utils import resolve_device
 
 CONDITION_KINDS = ("locations", "traffic", "both")
@@ -267,10 +268,7 @@ def generate_conditional(
     check_output_dir(out, overwrite=overwrite)
     dev = resolve_device(device)
     model.to(dev)
-    if like.n_stations != model.hybrid.num_states:
-        raise InputError(f"the station table has {like.n_stations} stations, the model "
-                         f"{model.hybrid.num_states}", where="--like",
-                         fix="pass the dataset the model was trained on")
+    check_station_table(model, like)
     gen_mask = None if mask is None else mask_rule(mask, condition.n_samples, condition.T,
                                                    bin_minutes=condition.bin_minutes, seed=seed)
     obs = observed_from(kind, condition, like, gen_mask)

@@ -236,19 +236,24 @@ def log_to_file(path: str | os.PathLike[str]) -> Iterator[None]:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
-    pkg = logging.getLogger("mstdiff")
+    pkg, root = logging.getLogger("mstdiff"), logging.getLogger()
     old_level = pkg.level
+    quietened: list[logging.Handler] = []
     if pkg.getEffectiveLevel() > logging.INFO:
-        pkg.setLevel(logging.INFO)  # the file gets INFO even when the terminal shows warnings only
-        for h in logging.getLogger().handlers:
-            if h.level == logging.NOTSET:
-                h.setLevel(logging.getLogger().level)
+        # the file gets INFO even when the terminal shows warnings only: the root's own handlers
+        # keep the root's threshold for the block
+        pkg.setLevel(logging.INFO)
+        quietened = [h for h in root.handlers if h.level == logging.NOTSET]
+        for h in quietened:
+            h.setLevel(root.level)
     pkg.addHandler(handler)
     try:
         yield
     finally:
         pkg.removeHandler(handler)
         pkg.setLevel(old_level)
+        for h in quietened:
+            h.setLevel(logging.NOTSET)
         handler.close()
     _follow_umask(path, directory=False)
 

@@ -56,7 +56,7 @@ from mstdiff.data.dataset import PreparedDataset
 from mstdiff.data.scaling import TrafficScaler
 from mstdiff.errors import InputError
 from mstdiff.io import atomic_write_bytes
-from mstdiff.training.utils import EMA, local_rng, resolve_device
+from mstdiff.training.utils import EMA, loading_device, local_rng, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -283,15 +283,13 @@ class GANBaseline(Baseline):
                     rec["gp"] += float(gp.detach())
                     # generator step every n_critic critic steps
                     if step % tc.n_critic == 0:
-                        for p in D.parameters():
-                            p.requires_grad_(False)
+                        D.requires_grad_(False)
                         fake = G(real.shape[0], ci, g)
                         g_loss = -D(fake, ci).mean() + self._generator_penalty(G)
                         opt_g.zero_grad(set_to_none=True)
                         g_loss.backward()
                         opt_g.step()
-                        for p in D.parameters():
-                            p.requires_grad_(True)
+                        D.requires_grad_(True)
                         ema.update(G)
                         rec["g_loss"] += float(g_loss.detach())
                         n_g += 1
@@ -309,8 +307,7 @@ class GANBaseline(Baseline):
                     self._save_resume(ckpt_path, G, D, opt_g, opt_d, ema, g, step, epoch)
             bar.close()
         self.generator = (ema.shadow if tc.use_ema else G).eval()
-        for p in self.generator.parameters():
-            p.requires_grad_(False)
+        self.generator.requires_grad_(False)
         self._calibrate(train)
         logger.info("%s fitted in %.1fs (%d critic steps)", self.name, time.perf_counter() - t0, step)
         return self
@@ -419,18 +416,13 @@ class GANBaseline(Baseline):
     def _set_state(self, state: dict[str, Any]) -> None:
         self.scaler = TrafficScaler.from_dict(state["scaler"])
         self._set_extra_state(state["extra"])
-        try:
-            self.device = resolve_device(self.config.train.device)
-        except InputError:
-            logger.warning("%s: device %r unavailable, loading on CPU", self.name, self.config.train.device)
-            self.device = torch.device("cpu")
+        self.device = loading_device(self.config.train.device, self.name)
         assert self.T is not None
         with local_rng(0):
             G, _ = self._build_networks(self.T)
         G.load_state_dict(state["generator"])
         self.generator = G.to(self.device).eval()
-        for p in self.generator.parameters():
-            p.requires_grad_(False)
+        self.generator.requires_grad_(False)
         self.history = _GANHistory(list(state.get("history") or []))
 
 

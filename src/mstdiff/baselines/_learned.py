@@ -36,7 +36,7 @@ from mstdiff.config import one_of as choice
 from mstdiff.data.dataset import PreparedDataset
 from mstdiff.data.scaling import TrafficScaler
 from mstdiff.errors import InputError
-from mstdiff.training.utils import EMA, local_rng, lr_lambda, resolve_device
+from mstdiff.training.utils import EMA, loading_device, local_rng, lr_lambda, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -335,18 +335,13 @@ class DiffusionBaseline(Baseline):
         self._set_extra_state(state["extra"])
         rng_ = state.get("x0_range")
         self.x0_range = None if rng_ is None else np.asarray(rng_, dtype=np.float64)
-        try:
-            self.device = resolve_device(self.config.train.device)
-        except InputError:
-            logger.warning("%s: device %r unavailable, loading on CPU", self.name, self.config.train.device)
-            self.device = torch.device("cpu")
+        self.device = loading_device(self.config.train.device, self.name)
         assert self.T is not None
         with local_rng(0):
             net = self._build_network(self.T)
         net.load_state_dict(state["weights"])
         self.net = net.to(self.device).eval()
-        for p in self.net.parameters():
-            p.requires_grad_(False)
+        self.net.requires_grad_(False)
         hist = state.get("history") or {}
         self.history = _History(list(hist.get("step_loss", [])), list(hist.get("epochs", [])))
 

@@ -66,7 +66,7 @@ from mstdiff.config import to_dict
 from mstdiff.data.dataset import PreparedDataset
 from mstdiff.diffusion.common import sample_categorical
 from mstdiff.errors import InputError
-from mstdiff.training.utils import local_rng, resolve_device
+from mstdiff.training.utils import loading_device, local_rng, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -410,8 +410,7 @@ class PateGail(Baseline):
                     save(cfg.bc_epochs, it + 1)
             bar.close()
         self.policy = policy.eval()
-        for p in self.policy.parameters():
-            p.requires_grad_(False)
+        self.policy.requires_grad_(False)
         logger.info("pategail fitted in %.1fs (%d BC epochs, %d GAIL iterations, privacy %s)",
                     time.perf_counter() - t0, cfg.bc_epochs, cfg.gail_iterations, self.privacy())
         return self
@@ -521,16 +520,11 @@ class PateGail(Baseline):
         assert self.n_stations is not None
         self.per_day = int(state["per_day"])
         self.xy = np.asarray(state["xy"], dtype=np.float64)
-        try:
-            self.device = resolve_device(self.config.train.device)
-        except InputError:
-            logger.warning("pategail: device %r unavailable, loading on CPU", self.config.train.device)
-            self.device = torch.device("cpu")
+        self.device = loading_device(self.config.train.device, self.name)
         with local_rng(0):
             policy = _Policy(self.n_stations, self.per_day, self.config.d_model)
         policy.load_state_dict(state["policy"])
         self.policy = policy.to(self.device).eval()
-        for p in self.policy.parameters():
-            p.requires_grad_(False)
+        self.policy.requires_grad_(False)
         hist = state.get("history") or {}
         self.history = _History(list(hist.get("bc", [])), list(hist.get("gail", [])))

@@ -55,7 +55,7 @@ from mstdiff.config import to_dict
 from mstdiff.data.dataset import PreparedDataset
 from mstdiff.diffusion.common import sample_categorical
 from mstdiff.errors import InputError
-from mstdiff.training.utils import local_rng, resolve_device
+from mstdiff.training.utils import loading_device, local_rng, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -444,8 +444,8 @@ class Volunteer(Baseline):
                                  "history": self.history.epochs})
             bar.close()
         self.user_vae, self.traj_vae = user.eval(), traj.eval()
-        for p in list(self.user_vae.parameters()) + list(self.traj_vae.parameters()):
-            p.requires_grad_(False)
+        self.user_vae.requires_grad_(False)
+        self.traj_vae.requires_grad_(False)
         logger.info("volunteer fitted in %.1fs (%d epochs, %d steps)", time.perf_counter() - t0,
                     cfg.epochs, step)
         return self
@@ -478,16 +478,12 @@ class Volunteer(Baseline):
         self.xy = np.asarray(state["xy"], dtype=np.float64)
         self.attr_mean = np.asarray(state["attr_mean"], dtype=np.float64)
         self.attr_std = np.asarray(state["attr_std"], dtype=np.float64)
-        try:
-            self.device = resolve_device(self.config.train.device)
-        except InputError:
-            logger.warning("volunteer: device %r unavailable, loading on CPU", self.config.train.device)
-            self.device = torch.device("cpu")
+        self.device = loading_device(self.config.train.device, self.name)
         with local_rng(0):
             user, traj = self._build()
         user.load_state_dict(state["user"])
         traj.load_state_dict(state["traj"])
         self.user_vae, self.traj_vae = user.eval(), traj.eval()
-        for p in list(user.parameters()) + list(traj.parameters()):
-            p.requires_grad_(False)
+        user.requires_grad_(False)
+        traj.requires_grad_(False)
         self.history = _History(list(state.get("history") or []))

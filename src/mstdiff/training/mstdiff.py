@@ -692,6 +692,14 @@ def _global_means(parts: dict[str, Tensor], n_local: int, n_global: int,
 # ----------------------------------------------------------------------------- generation
 
 
+def check_station_table(model: MSTDiff, like: PreparedDataset) -> None:
+    """``like`` (whose station table generated samples use) has as many stations as ``model``."""
+    if like.n_stations != model.hybrid.num_states:
+        raise InputError(
+            f"the station table has {like.n_stations} stations, the model {model.hybrid.num_states}",
+            where="--like", fix="pass the dataset the model was trained on")
+
+
 def generate(
     model: MSTDiff,
     like: PreparedDataset,
@@ -715,10 +723,7 @@ def generate(
     dev = resolve_device(device)
     model.to(dev)
     T = model.config.denoiser.seq_len
-    if like.n_stations != model.hybrid.num_states:
-        raise InputError(
-            f"the station table has {like.n_stations} stations, the model {model.hybrid.num_states}",
-            fix="pass the dataset the model was trained on")
+    check_station_table(model, like)
     gen = torch.Generator(device=dev).manual_seed(seed)
     t0 = time.perf_counter()
     with atomic_dir(out, overwrite=overwrite) as tmp:

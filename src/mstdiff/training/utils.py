@@ -10,6 +10,7 @@ import contextlib
 import copy
 import dataclasses
 import io
+import logging
 import math
 import os
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from torch import nn
 from mstdiff.errors import InputError
 from mstdiff.io import atomic_write_bytes
 from mstdiff.torchio import from_plain, load_torch_file, to_plain
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -37,6 +40,16 @@ def resolve_device(name: str = "auto") -> torch.device:
     except RuntimeError as exc:
         raise InputError(f"unknown device {name!r} ({exc})", where="train.device",
                          fix="use auto, cpu, cuda or cuda:K") from None
+
+
+def loading_device(name: str, owner: str) -> torch.device:
+    """The device a saved model is loaded onto: ``name`` (``"auto"``, ``"cuda"``, ...) where it is
+    available, else the CPU with a warning, so a model trained on a GPU still loads without one."""
+    try:
+        return resolve_device(name)
+    except InputError:
+        logger.warning("%s: device %r unavailable, loading on CPU", owner, name)
+        return torch.device("cpu")
 
 
 @contextlib.contextmanager
