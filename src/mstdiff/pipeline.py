@@ -52,6 +52,7 @@ from mstdiff.training.mstdiff import (
     MSTDiff,
     TrainConfig,
     generate,
+    has_traffic,
     load_transition,
     pretrain_vqvae_stage,
     train_mstdiff,
@@ -287,7 +288,9 @@ def run_shared_stages(config: RunConfig, out: Path, timings: dict[str, float], *
             transition_dir(out / "embed", out / "transition",
                            num_steps=config.model.gaussian.num_steps, **config.kg.transition)
         with _stage("vqvae", timings):
-            if config.model.denoiser.use_vqvae:
+            # no VQ-VAE for a dataset without traffic (it would be pre-trained on zeros): MSTDiff
+            # without traffic is trained instead (training.mstdiff.trajectory_only_if_needed)
+            if config.model.denoiser.use_vqvae and config.model.denoiser.use_traffic and has_traffic(train):
                 if not (out / "vqvae" / "vqvae.pt").exists():
                     pretrain_vqvae_stage(train, out / "vqvae", config.vqvae, seed=config.train.seed,
                                          device=config.train.device, progress=progress)

@@ -185,3 +185,67 @@ def test_sampling_reports_every_reverse_step(city, discrete, tmp_path):
     ticks: list[int] = []
     model.sample(3, generator=torch.Generator().manual_seed(0), on_step=lambda: ticks.append(1))
     assert len(ticks) == model.hybrid.num_steps
+
+
+# ------------------------------------------------------------------ without traffic (issue 14)
+def _no_traffic(city):
+    from mstdiff.data.dataset import PreparedDataset
+
+    meta = dict(city.meta, has_traffic=False)
+    return PreparedDataset(np.zeros_like(city.traffic), city.locations, city.stations, city.samples, meta)
+
+
+@pytest.mark.parametrize("process", ["absorbing", "graph"])
+def test_a_dataset_without_traffic_trains_mstdiff_without_traffic(city, discrete, tmp_path, process):
+    from dataclasses import replace
+
+    from mstdiff.diffusion.location import LocationConfig
+
+    traj = _no_traffic(city)
+    mcfg = replace(model_config(), activity=True, location=LocationConfig(process=process),
+                   denoiser=replace(model_config().denoiser, use_vqvae=True))  # both switched off
+    res = train_mstdiff(traj, traj.subset(np.arange(8)), discrete=discrete, vqvae=None, model_config=mcfg,
+                        train_config=train_config(max_steps=4), out_dir=tmp_path / "m")
+    assert all(h.get("traffic_mse", 0.0) == 0.0 for h in res.history)  # no traffic term at all
+    model = MSTDiff.load(tmp_path / "m", discrete=discrete if process == "graph" else None)
+    cfg = model.denoiser.config
+    assert not cfg.use_traffic and not cfg.use_vqvae and cfg.activity_classes == 0
+    assert model.hybrid.activity is None and model.denoiser.vqvae is None
+    assert not any(n.startswith("stages.") and ("coef_in" in n or "eps_head" in n)
+                   for n, _ in model.denoiser.named_parameters())
+    tr, lo = model.sample(6, generator=torch.Generator().manual_seed(0))
+    assert (tr == 0).all() and (lo >= 0).all() and (lo < city.n_stations).all()
+    _, lo2 = model.sample(6, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(lo, lo2)  # same seed, same trajectories
+    g = generate(model, traj, 5, tmp_path / "g", seed=0, batch_size=4, progress=False)
+    assert g.meta["has_traffic"] is False and g.n_samples == 5
+
+
+def test_without_traffic_the_network_ignores_the_traffic_input(city):
+    from mstdiff.models.denoiser import MSTDiffDenoiser
+
+    cfg = DenoiserConfig(num_stations=city.n_stations, seq_len=city.T, d_model=16, n_heads=2,
+                         layers_per_stage=1, use_vqvae=False, use_traffic=False, dropout=0.0)
+    net = MSTDiffDenoiser(cfg, generator=torch.Generator().manual_seed(0)).eval()
+    loc = torch.from_numpy(city.locations[:3]).long()
+    s = torch.tensor([1, 4, 8])
+    a = net(torch.zeros(3, city.T), loc, s)
+    b = net(torch.randn(3, city.T), loc, s)
+    assert a.eps is None
+    torch.testing.assert_close(a.logits, b.logits)  # the traffic values reach nothing
+    c = net(torch.zeros(3, city.T), torch.roll(loc, 1, dims=1), s)
+    assert not torch.allclose(a.logits, c.logits)  # the locations do
+
+
+def test_without_traffic_config_errors():
+    with pytest.raises(InputError, match="traffic or locations"):
+        DenoiserConfig(num_stations=5, use_traffic=False, use_locations=False, use_vqvae=False).validate()
+    with pytest.raises(InputError, match="use_vqvae"):
+        DenoiserConfig(num_stations=5, use_traffic=False, use_vqvae=True).validate()
+
+
+def test_the_vqvae_stage_refuses_a_dataset_without_traffic(city, tmp_path):
+    from mstdiff.training.mstdiff import pretrain_vqvae_stage
+
+    with pytest.raises(InputError, match="no traffic"):
+        pretrain_vqvae_stage(_no_traffic(city), tmp_path / "vq", progress=False)

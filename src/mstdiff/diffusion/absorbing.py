@@ -172,6 +172,27 @@ class AbsorbingProcess(nn.Module):
         frac = (1.0 - self.keep_bar[s]).to(nll.device)[:, None]  # (B, 1), > 0 for s ≥ 1
         return masked * u * nll, masked * nll / frac
 
+    def location_losses_rows(self, l0: Tensor, logits_rows: Tensor, rows: Tensor, l_s: Tensor,
+                             s: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`location_losses` summed over the tokens, from the logits of the masked tokens only.
+
+        ``rows (M,)`` are the flat indices (into the B·T tokens) of the masked tokens of ``l_s`` in
+        increasing order and ``logits_rows (M, N)`` their logits; the unmasked tokens contribute 0
+        to both terms, so nothing else is needed. Returns the two sums (scalars): divided by B·T
+        they equal the means of the dense per-token terms.
+        """
+        s = self._steps(l_s, s, "l_s", s_min=1)
+        b, t = l_s.shape
+        if rows.numel() == 0:
+            zero = logits_rows.sum() * 0.0  # keeps the graph (every parameter gets a gradient)
+            return zero, zero
+        nll = torch.nn.functional.cross_entropy(logits_rows.float(), l0.reshape(-1)[rows].long(),
+                                                reduction="none")  # (M,)
+        sb = s[rows // t]  # (M,) each token's step
+        u = self.unmask[sb].to(nll.device)
+        frac = (1.0 - self.keep_bar[sb]).to(nll.device)
+        return (u * nll).sum(), (nll / frac).sum()
+
     # ------------------------------------------------------------------ sampling
     def sample_prior(self, shape: tuple[int, int], generator: torch.Generator | None = None,
                      device: torch.device | str | None = None) -> Tensor:
@@ -194,38 +215,62 @@ class AbsorbingProcess(nn.Module):
         ``"confidence"``: ``k ~ Binomial(#masked, u_s)`` per sample, and the k masked tokens whose
         drawn station has the highest probability unmask.
         """
-        if order not in UNMASK_ORDERS:
-            raise InputError(f"unmask order {order!r} is unknown", fix=f"use one of {UNMASK_ORDERS}")
         s = self._steps(l_s, s, "l_s", s_min=1)
         b, t = l_s.shape
         if logits_x0.shape != (b, t, self._n):
             raise ValueError(f"logits must be Float[B, T, N={self._n}], got {tuple(logits_x0.shape)}")
+        rows, k = self.plan_reverse(l_s, s, generator, order=order)
+        return self.finish_reverse(logits_x0.reshape(b * t, self._n)[rows], rows, k, l_s, generator)
+
+    @torch.no_grad()
+    def plan_reverse(self, l_s: Tensor, s: Tensor, generator: torch.Generator | None = None, *,
+                     order: str = "random") -> tuple[Tensor, Tensor | None]:
+        """The first half of :meth:`sample_reverse`, which needs no network output: which tokens
+        need the network's ``l0`` distribution at this step.
+
+        Returns ``(rows, k)``: flat indices (into the B·T tokens, increasing) and, for the
+        confidence order, how many tokens of each sample unmask (``k (B,)``; None for the random
+        order). Random order: the masked tokens that unmask now (each with probability ``u_s``);
+        confidence order: every masked token (the network ranks them). So a sampler can ask the
+        network for those rows only (a token unmasks once in S steps).
+        """
+        if order not in UNMASK_ORDERS:
+            raise InputError(f"unmask order {order!r} is unknown", fix=f"use one of {UNMASK_ORDERS}")
+        s = self._steps(l_s, s, "l_s", s_min=1)
+        b, t = l_s.shape
         masked = l_s == self.mask_id  # (B, T)
         u_s = self.unmask[s].to(l_s.device)  # (B,)
         gen_device = generator.device if generator is not None else l_s.device
         coin = torch.rand((b, t), generator=generator, device=gen_device).to(l_s.device)
         if order == "random":
-            unmask = masked & (coin < u_s[:, None])
-            idx = unmask.reshape(-1).nonzero().squeeze(-1)
-            out = l_s.clone().reshape(-1)
-            if idx.numel():
-                probs = torch.softmax(logits_x0.reshape(b * t, self._n)[idx].float(), dim=-1)
-                out[idx] = sample_categorical(probs, generator).to(out.device)
+            return (masked & (coin < u_s[:, None])).reshape(-1).nonzero().squeeze(-1), None
+        k = (masked & (coin < u_s[:, None])).sum(-1)  # (B,) ~ Binomial(#masked, u_s)
+        return masked.reshape(-1).nonzero().squeeze(-1), k
+
+    @torch.no_grad()
+    def finish_reverse(self, logits_rows: Tensor, rows: Tensor, k: Tensor | None, l_s: Tensor,
+                       generator: torch.Generator | None = None) -> Tensor:
+        """The second half of :meth:`sample_reverse`: ``l_{s−1}`` from the logits ``(M, N)`` of the
+        ``rows`` that :meth:`plan_reverse` returned (``k`` too)."""
+        b, t = l_s.shape
+        out = l_s.clone().reshape(-1)
+        if not rows.numel():
+            return l_s.clone()
+        if logits_rows.shape != (rows.numel(), self._n):
+            raise ValueError(f"logits must be Float[M={rows.numel()}, N={self._n}], "
+                             f"got {tuple(logits_rows.shape)}")
+        probs = torch.softmax(logits_rows.float(), dim=-1)
+        x = sample_categorical(probs, generator).to(out.device)
+        if k is None:  # random order: every planned row unmasks
+            out[rows] = x
             return out.reshape(b, t)
         # confidence order: how many from the process, which ones from the network
-        k = (masked & (coin < u_s[:, None])).sum(-1)  # (B,) ~ Binomial(#masked, u_s)
-        idx = masked.reshape(-1).nonzero().squeeze(-1)
-        out = l_s.clone().reshape(-1)
-        if not idx.numel():
-            return l_s.clone()
-        probs = torch.softmax(logits_x0.reshape(b * t, self._n)[idx].float(), dim=-1)
-        x = sample_categorical(probs, generator).to(out.device)
         score = torch.full((b * t,), -math.inf, device=l_s.device)
-        score[idx] = probs.gather(-1, x[:, None].to(probs.device)).squeeze(-1).to(score.device)
+        score[rows] = probs.gather(-1, x[:, None].to(probs.device)).squeeze(-1).to(score.device)
         cand = torch.full((b * t,), self.mask_id, dtype=torch.long, device=l_s.device)
-        cand[idx] = x
+        cand[rows] = x
         rank = score.reshape(b, t).argsort(dim=-1, descending=True).argsort(dim=-1)  # 0 = most confident
-        unmask = masked & (rank < k[:, None])
+        unmask = (l_s == self.mask_id) & (rank < k[:, None])
         return torch.where(unmask, cand.reshape(b, t), l_s)
 
     # ------------------------------------------------------------------ files

@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
+
+
+def supports_rows(model: Any) -> bool:
+    """Whether a network (possibly wrapped by DDP, autocast or torch.compile) takes ``rows=``: the
+    flat indices of the tokens whose location logits are wanted (the others' are not computed)."""
+    for _ in range(4):
+        if getattr(type(model), "supports_rows", False):
+            return True
+        inner = next((getattr(model, a) for a in ("module", "model", "_orig_mod") if hasattr(model, a)), None)
+        if inner is None:
+            return False
+        model = inner
+    return False
 
 
 def check_steps(loc: Tensor, s: Tensor | int, name: str, num_steps: int, s_min: int = 0) -> Tensor:

@@ -37,7 +37,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mstdiff.config import Check, gt, one_of
-from mstdiff.diffusion.common import sample_categorical
+from mstdiff.diffusion.common import sample_categorical, supports_rows
 from mstdiff.diffusion.gaussian import GaussianDiffusion, randn
 from mstdiff.errors import InputError
 
@@ -75,7 +75,7 @@ class DiscreteProcess(Protocol):
 
 
 class DenoiserOutputLike(Protocol):
-    eps: Tensor  # (B, T)
+    eps: Tensor | None  # (B, T); None: a network without traffic
     logits: Tensor  # (B, T, N)
 
 
@@ -250,7 +250,7 @@ class HybridDiffusion:
 
     def step(
         self, out: DenoiserOutputLike, w_s: Tensor, l_s: Tensor, s: Tensor, generator: torch.Generator | None,
-        cache: Any = None, a_s: Tensor | None = None,
+        cache: Any = None, a_s: Tensor | None = None, plan: tuple[Tensor, Tensor | None] | None = None,
     ) -> HybridStepOutput:
         """Reverse step s → s − 1: DDPM step for w, a draw from ``p_θ(l_{s-1} | l_s)`` for l.
 
@@ -260,7 +260,11 @@ class HybridDiffusion:
         that draw is used and ``l_prev_probs`` is None; ``cache`` is the process's row cache for the
         run (``discrete.row_cache()``).
         """
-        g = self.gaussian.step(out.eps, s, w_s, generator)
+        if out.eps is None:  # a network without traffic: the coefficients stay as they are
+            w_prev, w0_hat = w_s, w_s
+        else:
+            g = self.gaussian.step(out.eps, s, w_s, generator)
+            w_prev, w0_hat = g.prev_sample, g.pred_original_sample
         a_prev = None
         if self.activity is not None and a_s is not None:
             act_logits = getattr(out, "activity_logits", None)
@@ -272,23 +276,28 @@ class HybridDiffusion:
         cfg = self.config
         logits = out.logits if cfg.location_temperature == 1.0 else out.logits / cfg.location_temperature
         masked = getattr(self.discrete, "mask_id", None) is not None
+        if plan is not None:  # absorbing process, logits of the planned rows only (plan_reverse)
+            l_prev = self.discrete.finish_reverse(logits, plan[0], plan[1], l_s,  # type: ignore[attr-defined]
+                                                  generator)
+            return HybridStepOutput(w_prev=w_prev, l_prev=l_prev, l_prev_probs=None,
+                                    w0_hat=w0_hat, a_prev=a_prev)
         if masked and callable(fast) and cfg.location_input == "sampled":
             # absorbing process: carry-over and unmasking (the exact step, no dense rows needed)
             l_prev = fast(logits, l_s, s, generator, cache, order=cfg.unmask_order)
-            return HybridStepOutput(w_prev=g.prev_sample, l_prev=l_prev, l_prev_probs=None,
-                                    w0_hat=g.pred_original_sample, a_prev=a_prev)
+            return HybridStepOutput(w_prev=w_prev, l_prev=l_prev, l_prev_probs=None,
+                                    w0_hat=w0_hat, a_prev=a_prev)
         if (callable(fast) and cfg.location_input == "sampled" and cfg.location_draw == "two_stage"
                 and not (at_last and cfg.final_location == "argmax")):
             l_prev = fast(logits, l_s, s, generator, cache)
-            return HybridStepOutput(w_prev=g.prev_sample, l_prev=l_prev, l_prev_probs=None,
-                                    w0_hat=g.pred_original_sample, a_prev=a_prev)
+            return HybridStepOutput(w_prev=w_prev, l_prev=l_prev, l_prev_probs=None,
+                                    w0_hat=w0_hat, a_prev=a_prev)
         probs = self.discrete.reverse_probs(logits, l_s, s)  # (B, T, N) (absorbing: N + 1)
         l_prev = sample_categorical(probs, generator)  # (B, T)
         if self.config.final_location == "argmax":
             last = (s == 1).view(-1, *([1] * (l_prev.dim() - 1)))  # (B, 1)
             l_prev = torch.where(last, probs.argmax(-1), l_prev)
         return HybridStepOutput(
-            w_prev=g.prev_sample, l_prev=l_prev, l_prev_probs=probs, w0_hat=g.pred_original_sample,
+            w_prev=w_prev, l_prev=l_prev, l_prev_probs=probs, w0_hat=w0_hat,
             a_prev=a_prev,
         )
 
@@ -319,7 +328,10 @@ class HybridDiffusion:
         """
         device = torch.device(device) if device is not None else self.gaussian.betas.device
         N, S = self.num_states, self.num_steps
-        w = randn((n, T), generator=generator, device=device)  # (n, T)
+        with_traffic = bool(getattr(getattr(model, "config", None), "use_traffic", True))
+        # a network without traffic: no Gaussian draw (the location draws stay those of a joint model)
+        w = (randn((n, T), generator=generator, device=device) if with_traffic
+             else torch.zeros((n, T), device=device))  # (n, T)
         gen_device = generator.device if generator is not None else device
         prior = getattr(self.discrete, "stationary", None)
         if callable(prior):  # a process with its own stationary law (absorbing: all masked)
@@ -339,12 +351,31 @@ class HybridDiffusion:
         a = self.activity.sample_prior((n, T), generator, device) if self.activity is not None else None
         if impute is not None:
             w, l, a = impute(w, l, a, S)
+        # absorbing process, ids as input: which tokens unmask is decided before the network call,
+        # which then scores those tokens only (each token unmasks once in S steps), and a step at
+        # which nothing unmasks needs no call at all when there is no traffic or activity to denoise
+        plan_fn = getattr(self.discrete, "plan_reverse", None)
+        planned = (callable(plan_fn) and not soft and supports_rows(model)
+                   and getattr(self.discrete, "mask_id", None) is not None)
         try:
             for step in tqdm(range(S, 0, -1), desc="sampling", unit="step", disable=not progress):
                 s = torch.full((n,), step, dtype=torch.long, device=device)
                 loc_in = probs if probs is not None else l
-                out = model(w, loc_in, s) if a is None else model(w, loc_in, s, activity=a)
-                nxt = self.step(out, w, l, s, generator, cache, a_s=a)
+                plan = None
+                if planned:
+                    assert callable(plan_fn)
+                    plan = plan_fn(l, s, generator, order=self.config.unmask_order)
+                    if not plan[0].numel() and not with_traffic and a is None:
+                        if impute is not None:
+                            w, l, a = impute(w, l, a, step - 1)
+                        if on_step is not None:
+                            on_step()
+                        continue  # nothing to unmask and nothing else to denoise: l_{s-1} = l_s
+                extra: dict[str, Any] = {} if plan is None else {"rows": plan[0]}
+                if a is not None:
+                    extra["activity"] = a
+                out = model(w, loc_in, s, **extra)
+                nxt = self.step(out, w, l, s, generator, cache, a_s=a, plan=plan)
                 w, l, a = nxt.w_prev, nxt.l_prev, nxt.a_prev
                 if impute is not None:
                     w, l, a = impute(w, l, a, step - 1)

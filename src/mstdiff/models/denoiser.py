@@ -26,6 +26,11 @@ Reads top to bottom (DESIGN §1):
 
 N only enters through the station table and the logits, so N = 5,000 costs 5,000·d parameters.
 
+``use_traffic = False`` is its mirror, "MSTDiff without traffic" (datasets without traffic, such as
+GeoLife, and an ablation on joint data): the traffic stream of every stage is fed one learned vector
+instead of wavelet coefficients, there is no VQ-VAE and no ε head (``eps`` is None); the location
+stream, the cross-attention layers and the heads are unchanged.
+
 ``use_locations = False`` is the paper's ablation "MSTDiff without trajectory": the same stages,
 layers and widths, but the location stream of every stage is fed one learned vector (no station
 table, no trajectory input) and there are no logits. The traffic tokens still run through the
@@ -79,6 +84,8 @@ class DenoiserConfig:
     init_std: float = 0.02  # std of the normal init of Linear / Embedding weights (nanoGPT, GPT-2)
     use_vqvae: bool = True  # fuse the frozen pre-trained VQ-VAE at its scale (False: ablation)
     use_locations: bool = True  # False: "MSTDiff without trajectory" (traffic branch alone; ablation)
+    # False: "MSTDiff without traffic" (trajectory branch alone: datasets without traffic, or ablation)
+    use_traffic: bool = True
     location_head: str = "dot"  # h·E_j + b_j; "cosine": τ·cos(h, E_j) + b_j with a learned τ (init 10)
     # pointer/copy head: mix the station-table head with a distribution over the stations of the
     # sequence's own input (attention with a relative-time bias) through a learned gate
@@ -108,18 +115,25 @@ class DenoiserConfig:
             raise InputError(f"denoiser.dropout = {self.dropout} is not in [0, 1)")
         if self.location_head not in ("cosine", "dot"):
             raise InputError(f"denoiser.location_head = {self.location_head!r}", fix="use 'cosine' or 'dot'")
+        if not (self.use_traffic or self.use_locations):
+            raise InputError("the denoiser needs traffic or locations (use_traffic and use_locations "
+                             "are both false)", fix="set at least one of them to true")
+        if not self.use_traffic and self.use_vqvae:
+            raise InputError("denoiser.use_vqvae needs use_traffic = true (the VQ-VAE encodes traffic)",
+                             fix="set use_vqvae = false for a model without traffic")
         if self.mask_token and not self.use_locations:
             raise InputError("denoiser.mask_token needs use_locations = true")
-        if self.activity_classes and (not self.use_locations or self.activity_classes < 2):
+        if self.activity_classes and (not self.use_locations or not self.use_traffic
+                                      or self.activity_classes < 2):
             raise InputError(f"denoiser.activity_classes = {self.activity_classes}",
-                             fix="use 0 (no activity channel), or 2-3 with use_locations = true")
+                             fix="use 0 (no activity channel), or 2-3 with use_locations, use_traffic true")
 
 
 @dataclass
 class DenoiserOutput:
     """What the network predicts for ``(w_s, l_s, s)``."""
 
-    eps: Tensor  # ε̂, (B, T), aligned with the wavelet coefficients w
+    eps: Tensor | None  # ε̂, (B, T), aligned with the wavelet coefficients w; None without traffic
     logits: Tensor | None  # z of p_θ(l0 | l_s, w_s, s), (B, T, N), aligned with time; None without locations
     activity_logits: Tensor | None = None  # (B, T, K) slot activity (zero / partial / full); None: no channel
 
@@ -234,7 +248,9 @@ class Stage(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.scale = scale
-        self.coef_in = nn.Linear(1, d)  # one coefficient per token → d
+        # one coefficient per token → d; without traffic the stream starts from a learned vector
+        self.coef_in = nn.Linear(1, d) if cfg.use_traffic else None
+        self.traffic_start = None if cfg.use_traffic else nn.Embedding(1, d)
         # frozen VQ-VAE codes and the gate g = σ(W [raw; vq; step]) deciding how much of them to add
         self.vq_in = nn.Linear(vq_dim, d) if vq_dim is not None else None
         self.vq_gate = nn.Linear(3 * d, d) if vq_dim is not None else None
@@ -244,21 +260,25 @@ class Stage(nn.Module):
         self.merge_traffic = None if first else nn.Linear(d, d)  # coarser stage's tokens, upsampled
         self.merge_location = None if first else nn.Linear(d, d)
         self.layers = nn.ModuleList([CrossLayer(cfg) for _ in range(cfg.layers_per_stage)])
-        self.ln_out = nn.LayerNorm(d)
-        self.eps_head = nn.Linear(d, 1)
+        self.ln_out = nn.LayerNorm(d) if cfg.use_traffic else None
+        self.eps_head = nn.Linear(d, 1) if cfg.use_traffic else None
 
     def forward(
         self,
-        coef: Tensor,  # (B, L) noisy coefficients of this scale
+        coef: Tensor,  # (B, L) noisy coefficients of this scale (only their shape without traffic)
         loc_emb: Tensor,  # (B, T, d) location input embedded at full resolution
         cond: Tensor,  # (B, d) diffusion-step embedding
         pos: Tensor,  # (L, d) position code of this scale
         type_emb: Tensor,  # (2, d) traffic / location type embeddings
         prev: tuple[Tensor, Tensor] | None,  # coarser stage's (traffic, location) tokens
         vq: Tensor | None,  # (B, L, dv) frozen VQ-VAE codes of this scale, or None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        L = coef.shape[1]
-        x = self.coef_in(coef.unsqueeze(-1))  # (B, L, d)
+    ) -> tuple[Tensor | None, Tensor, Tensor]:
+        B, L = coef.shape
+        if self.coef_in is not None:
+            x = self.coef_in(coef.unsqueeze(-1))  # (B, L, d)
+        else:  # "without traffic": every traffic token starts from one learned vector
+            assert self.traffic_start is not None
+            x = self.traffic_start.weight.expand(B, L, -1)  # (B, L, d)
         if vq is not None and self.vq_in is not None and self.vq_gate is not None:
             h_vq = self.vq_in(vq)  # (B, L, d)
             gate = torch.sigmoid(self.vq_gate(torch.cat([x, h_vq, cond.unsqueeze(1).expand_as(x)], dim=-1)))
@@ -272,6 +292,8 @@ class Stage(nn.Module):
         y = y + pos + type_emb[1] + cond.unsqueeze(1)  # (B, L, d)
         for layer in self.layers:
             x, y = layer(x, y)
+        if self.eps_head is None or self.ln_out is None:
+            return None, x, y
         eps = self.eps_head(self.ln_out(x)).squeeze(-1)  # (B, L)
         return eps, x, y
 
@@ -321,9 +343,13 @@ class CopyHead(nn.Module):
         T = self.T
         self.rel_bias.weight.copy_(-0.5 * torch.arange(-(T - 1), T).abs().float()[:, None])
 
-    def forward(self, h: Tensor, keys: Tensor, source: Tensor, valid: Tensor, table: Tensor) -> Tensor:
+    def forward(self, h: Tensor, keys: Tensor, source: Tensor, valid: Tensor, table: Tensor,
+                rows: Tensor | None = None) -> Tensor:
         """``h, keys (B, T, d)``; ``source``: ids ``(B, T)`` or probabilities ``(B, T, N)`` of the
-        input stations; ``valid (B, T)`` bool (the slot holds a station); ``table (B, T, N)`` logits."""
+        input stations; ``valid (B, T)`` bool (the slot holds a station); ``table (B, T, N)`` logits.
+
+        ``rows (M,)``: flat indices into the B·T tokens; then ``table`` is ``(M, N)`` (those tokens'
+        rows) and so is the output: only the wanted rows cost O(N)."""
         B, T, d = h.shape
         idx = torch.arange(T, device=h.device)
         rel = self.rel_bias.weight[(idx[None, :] - idx[:, None]) + (self.T - 1), 0]  # (T, T): b(t' − t)
@@ -337,27 +363,34 @@ class CopyHead(nn.Module):
         closed = torch.zeros_like(glog).masked_fill(~anyv, float("-inf"))
         closed[..., 1] = 0.0
         gate = torch.softmax(glog + closed, dim=-1)  # (B, T, G)
-        p = gate[..., 1:2] * torch.softmax(table.float(), dim=-1)  # (B, T, N)
         N = table.shape[-1]
+        dense = rows is None
+        if rows is None:
+            rows = torch.arange(B * T, device=h.device)
+        M = rows.numel()
+        attn_r = attn.reshape(B * T, T)[rows]  # (M, T): the wanted tokens' attention over the slots
+        gate_r = gate.reshape(B * T, -1)[rows]  # (M, G)
+        p = gate_r[:, 1:2] * torch.softmax(table.reshape(M, N).float(), dim=-1)  # (M, N)
         if soft:  # probabilities: the copy distribution is attn @ source, the near one that times K
-            c = attn @ source.to(p.dtype)  # (B, T, N)
-            p = p + gate[..., :1] * c
+            c = (attn @ source.to(p.dtype)).reshape(B * T, N)[rows]  # (M, N)
+            p = p + gate_r[:, :1] * c
             if self.near:
                 k = self.near_idx.shape[1]
-                rows = torch.arange(N, device=c.device).repeat_interleave(k)
-                K = torch.sparse_coo_tensor(torch.stack([self.near_idx.reshape(-1), rows]),
+                cols = torch.arange(N, device=c.device).repeat_interleave(k)
+                K = torch.sparse_coo_tensor(torch.stack([self.near_idx.reshape(-1), cols]),
                                             self.near_w.reshape(-1).to(c.dtype), (N, N),
                                             check_invariants=False)  # Kᵀ
-                p = p + gate[..., 2:3] * torch.sparse.mm(K, c.reshape(-1, N).t()).t().reshape(B, T, N)
-            return p.clamp_min(1e-30).log()
-        src = source.long().clamp(max=N - 1)  # masked slots have weight 0 anyway
-        p = p.scatter_add(-1, src[:, None, :].expand(B, T, T), gate[..., :1] * attn)
-        if self.near:
-            k = self.near_idx.shape[1]
-            nbr = self.near_idx[src].reshape(B, 1, T * k).expand(B, T, T * k)  # (B, T, T·k)
-            w = (attn[..., None] * self.near_w[src][:, None, :, :]).reshape(B, T, T * k)  # (B, T, T·k)
-            p = p.scatter_add(-1, nbr, gate[..., 2:3] * w)
-        return p.clamp_min(1e-30).log()  # (B, T, N)
+                p = p + gate_r[:, 2:3] * torch.sparse.mm(K, c.t()).t()
+        else:
+            src = source.long().clamp(max=N - 1)[rows // T]  # (M, T); masked slots have weight 0 anyway
+            p = p.scatter_add(-1, src, gate_r[:, :1] * attn_r)
+            if self.near:
+                k = self.near_idx.shape[1]
+                nbr = self.near_idx[src].reshape(M, T * k)  # (M, T·k)
+                w = (attn_r[..., None] * self.near_w[src]).reshape(M, T * k)  # (M, T·k)
+                p = p.scatter_add(-1, nbr, gate_r[:, 2:3] * w)
+        logp = p.clamp_min(1e-30).log()  # (M, N)
+        return logp.reshape(B, T, N) if dense else logp
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,6 +408,8 @@ class MSTDiffDenoiser(nn.Module):
       by projection on their top ``min(k, d)`` principal axes, rescaled to ``init_std``.
     - ``generator``: makes the initial weights reproducible (nothing is seeded globally).
     """
+
+    supports_rows: ClassVar[bool] = True  # forward(..., rows=) computes the logits of some tokens only
 
     def __init__(
         self,
@@ -547,8 +582,13 @@ class MSTDiffDenoiser(nn.Module):
         return loc.to(E.dtype) @ E  # (B, T, d)
 
     def forward(self, w_s: Tensor, loc: Tensor | None, s: Tensor,
-                activity: Tensor | None = None) -> DenoiserOutput:
+                activity: Tensor | None = None, rows: Tensor | None = None) -> DenoiserOutput:
         """``w_s (B, T)`` float, ``loc`` ids ``(B, T)`` or probabilities ``(B, T, N)``, ``s (B,)``.
+
+        ``rows (M,)``: flat indices into the B·T tokens whose location logits are wanted (e.g. the
+        masked tokens of the absorbing process: the only ones its loss and its sampler read); the
+        logits are then ``(M, N)`` instead of ``(B, T, N)`` — the O(N) head, the largest cost at
+        large N, runs on those tokens only. Values equal the dense ones' rows.
 
         Without locations (``use_locations = False``) ``loc`` must be None and ``logits`` is None.
         With the activity channel, ``activity`` holds the noisy slot activity ids ``(B, T)`` (the
@@ -587,7 +627,7 @@ class MSTDiffDenoiser(nn.Module):
                 vq, _ = self.vqvae.encode(w_s[:, slices[self.vq_scale]])  # (B, L_vq, dv), frozen
 
         # multi-scale stages, coarse to fine; ε̂ pieces come out in coefficient order
-        eps_parts: list[Tensor] = []
+        eps_parts: list[Tensor | None] = []
         prev: tuple[Tensor, Tensor] | None = None
         for scale, stage in zip(SCALES, self.stages):
             coef = w_s[:, slices[scale]]  # (B, L)
@@ -597,7 +637,8 @@ class MSTDiffDenoiser(nn.Module):
             )
             eps_parts.append(eps_k)  # (B, L)
             prev = (x, y)
-        eps = torch.cat(eps_parts, dim=1)  # (B, T), aligned with w
+        eps = (torch.cat([e for e in eps_parts if e is not None], dim=1)  # (B, T), aligned with w
+               if cfg.use_traffic else None)
         assert prev is not None
         x_fine, y_fine = prev  # (B, T/2, d) each
         if self.full_in is None or self.logits_head is None:
@@ -610,6 +651,9 @@ class MSTDiffDenoiser(nn.Module):
         for layer in self.full_layers:
             z = layer(z, x_fine)  # (B, T, d): attends to itself and to the finest traffic tokens
         h = self.head_proj(self.ln_f(z))  # (B, T, d)
+        h_all = h
+        if rows is not None:
+            h = h.reshape(B * T, d)[rows]  # (M, d): only the wanted tokens reach the O(N) head
         if self.log_tau is None:
             logits = self.logits_head(h)  # (B, T, N) = h Eᵀ + b
         else:  # τ cos(h, E_j) + b_j: a peaked distribution over N stations is reachable from step 0
@@ -622,6 +666,6 @@ class MSTDiffDenoiser(nn.Module):
                 source, valid = loc[..., :N], loc[..., :N].sum(-1) > 0.5
             else:
                 source, valid = loc, loc < N
-            logits = self.copy(h, z, source, valid, logits)
+            logits = self.copy(h_all, z, source, valid, logits, rows=rows)
         act = self.act_head(z) if self.act_head is not None else None  # (B, T, K)
         return DenoiserOutput(eps=eps, logits=logits, activity_logits=act)

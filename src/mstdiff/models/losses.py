@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mstdiff.diffusion.common import supports_rows
 from mstdiff.diffusion.hybrid import DenoiserOutputLike, DiscreteProcess, HybridDiffusion
 
 logger = logging.getLogger(__name__)
@@ -62,14 +63,22 @@ def joint_loss(
     s: Tensor,
     discrete: DiscreteProcess,
     weights: LossWeights | tuple[float, float, float] = (1.0, 1.0, 0.1),
+    rows: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Total loss and its detached parts ``{"traffic_mse", "location_kl", "location_ce", "total"}``.
 
     ``posterior_true`` is ``q(l_{s-1} | l_s, l0) (B, T, N)``; pass ``None`` to compute it here with
-    ``discrete.posterior(l0, l_s, s)``.
+    ``discrete.posterior(l0, l_s, s)``. ``rows``: the network gave the logits ``(M, N)`` of these
+    flat token indices only (the masked tokens of the absorbing process, :func:`wanted_rows`).
     """
     lam = weights.as_tuple() if isinstance(weights, LossWeights) else tuple(float(x) for x in weights)
-    mse = F.mse_loss(out.eps, eps)
+    # a network without traffic ("MSTDiff without traffic") predicts no ε: no traffic term
+    mse = F.mse_loss(out.eps, eps) if out.eps is not None else torch.zeros((), device=l0.device)
+    if rows is not None:  # logits of the masked tokens only (absorbing process): same values
+        kl_sum, ce_sum = discrete.location_losses_rows(l0, out.logits, rows, l_s, s)  # type: ignore[attr-defined]
+        total = lam[0] * mse + lam[1] * kl_sum / l0.numel() + lam[2] * ce_sum / l0.numel()
+        return total, {"traffic_mse": mse.detach(), "location_kl": kl_sum.detach() / l0.numel(),
+                       "location_ce": ce_sum.detach() / l0.numel(), "total": total.detach()}
     ce: Tensor | None = None
     if lam[1] == 0.0:  # no trajectory KL: skip the transition products entirely
         kl = torch.zeros((), device=mse.device)
@@ -125,6 +134,20 @@ def condition_masks(shape: tuple[int, ...], rate: float, generator: torch.Genera
     return m_l & on[:, None], m_a & on[:, None]
 
 
+def wanted_rows(hybrid: HybridDiffusion, l_s: Tensor) -> Tensor | None:
+    """Flat indices of the tokens whose location logits the loss reads, or None for all of them.
+
+    The absorbing process's loss is 0 on unmasked tokens (they are carried over), so with sampled
+    ids as the network's input only the masked tokens need the O(N) head: about half of them,
+    averaged over the steps. The graph process's KL reads every token.
+    """
+    mask_id = getattr(hybrid.discrete, "mask_id", None)
+    if (mask_id is None or not hasattr(hybrid.discrete, "location_losses_rows")
+            or hybrid.config.location_input != "sampled"):
+        return None
+    return (l_s.reshape(-1) == mask_id).nonzero().squeeze(-1)
+
+
 def training_loss(
     model: Any,
     hybrid: HybridDiffusion,
@@ -156,16 +179,18 @@ def training_loss(
     if condition_rate > 0 and getattr(hybrid.discrete, "mask_id", None) is not None:
         m_l, m_a = condition_masks(l0.shape, condition_rate, generator, l0.device)
         l_s = torch.where(m_l, l0.long(), l_s)
+    rows = wanted_rows(hybrid, l_s) if supports_rows(model) else None
+    extra = {} if rows is None else {"rows": rows}
     if act is None:
-        out = model(w_s, hybrid.location_input(l0, l_s, s), s)
-        return joint_loss(out, eps, None, l0, l_s, s, hybrid.discrete, weights)
+        out = model(w_s, hybrid.location_input(l0, l_s, s), s, **extra)
+        return joint_loss(out, eps, None, l0, l_s, s, hybrid.discrete, weights, rows=rows)
     if a0 is None:
         raise ValueError("the hybrid has an activity stream: pass the activity classes a0 (B, T)")
     a_s = act.q_sample(a0, s, generator)  # (B, T)
     if m_a is not None:
         a_s = torch.where(m_a, a0.long(), a_s)
-    out = model(w_s, hybrid.location_input(l0, l_s, s), s, activity=a_s)
-    total, parts = joint_loss(out, eps, None, l0, l_s, s, hybrid.discrete, weights)
+    out = model(w_s, hybrid.location_input(l0, l_s, s), s, activity=a_s, **extra)
+    total, parts = joint_loss(out, eps, None, l0, l_s, s, hybrid.discrete, weights, rows=rows)
     _, ce_tok = act.location_losses(a0, out.activity_logits, a_s, s)
     ce = ce_tok.mean()
     parts = {**parts, "activity_ce": ce.detach()}

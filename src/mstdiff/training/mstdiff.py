@@ -191,10 +191,13 @@ class MSTDiff:
         T = self.config.denoiser.seq_len
         out = self.hybrid.sample(self.denoiser, n, T, generator, device=device, progress=progress,
                                  on_step=on_step, impute=impute)
+        l0 = out.l0.cpu().numpy().astype(np.int32)
+        if not self.config.denoiser.use_traffic:  # "MSTDiff without traffic": trajectories only
+            return np.zeros(l0.shape, dtype=np.float32), l0
         x = idwt(out.w0)
         traffic = (self.scaler.decode(x) if out.a0 is None
                    else self.scaler.decode_with_activity(x, out.a0)).float().cpu().numpy()
-        return traffic.astype(np.float32), out.l0.cpu().numpy().astype(np.int32)
+        return traffic.astype(np.float32), l0
 
     def generate(self, n: int | None = None, *, generator: torch.Generator, condition: Any = None,
                  device: torch.device | str | None = None, batch_size: int = 256,
@@ -277,8 +280,8 @@ def calibrate_decoder(model: MSTDiff, n: int, *, seed: int, device: torch.device
     See :meth:`TrafficScaler.calibrate`: the zero and full-slot thresholds are the quantiles of
     the sampled (continuous) traffic at the training shares of both atoms.
     """
-    if model.hybrid.activity is not None:  # the activity channel sets the atoms: nothing to calibrate
-        return model.scaler
+    if model.hybrid.activity is not None or not model.config.denoiser.use_traffic:
+        return model.scaler  # the activity channel sets the atoms, or there is no traffic at all
     gen = torch.Generator(device=device).manual_seed(int(seed) + CALIBRATION_SEED_OFFSET)
     T = model.config.denoiser.seq_len
     parts = []
@@ -346,6 +349,27 @@ def activity_process(config: ModelConfig) -> AbsorbingProcess | None:
     """The slot activity stream of a model config (an absorbing process over its K classes), or None."""
     K = config.denoiser.activity_classes
     return AbsorbingProcess(K, config.gaussian.num_steps) if K else None
+
+
+def has_traffic(ds: PreparedDataset) -> bool:
+    """Whether ``ds`` holds traffic (a dataset of trajectories only, such as GeoLife, does not)."""
+    flag = getattr(ds, "has_traffic", None)
+    return bool(flag) if flag is not None else bool(ds.meta.get("has_traffic", True))
+
+
+def trajectory_only_if_needed(config: ModelConfig, train: PreparedDataset, *,
+                              log: bool = True) -> ModelConfig:
+    """``config`` as "MSTDiff without traffic" when the training set has no traffic (or the config
+    asks for it): no traffic stream input, no VQ-VAE, no activity channel."""
+    d = config.denoiser
+    if has_traffic(train) and d.use_traffic:
+        return config
+    if log and d.use_traffic:
+        logger.info("the training set has no traffic: MSTDiff without traffic (trajectory branch alone)")
+    if log and (d.use_vqvae or config.activity):
+        logger.info("no traffic: the VQ-VAE and the slot activity channel are off")
+    return dataclasses.replace(config, activity=False, denoiser=dataclasses.replace(
+        d, use_traffic=False, use_vqvae=False, activity_classes=0))
 
 
 def station_coordinates(ds: PreparedDataset) -> tuple[np.ndarray, np.ndarray] | None:
@@ -445,6 +469,7 @@ def _train(
     discrete = make_location_process(model_config.location, num_states=train.n_stations,
                                      num_steps=model_config.gaussian.num_steps, graph=discrete)
     scaler = TrafficScaler.for_dataset(train)
+    model_config = trajectory_only_if_needed(model_config, train, log=main)
     model_config = dataclasses.replace(
         model_config,
         denoiser=dataclasses.replace(
@@ -751,8 +776,10 @@ def generate(
             tmp / "stations.parquet", index=False)
         pd.DataFrame({"user": [f"gen{i:07d}" for i in range(n)], "start": [""] * n}).to_parquet(
             tmp / "samples.parquet", index=False)
+        with_traffic = model.config.denoiser.use_traffic
         write_json(tmp / "meta.json", run_meta(
             source=source, format_version=1, bin_minutes=like.bin_minutes, T=T,
+            **({} if with_traffic else {"has_traffic": False}),
             traffic_unit=like.meta.get("traffic_unit", "unknown"),
             counts={"samples": n, "stations": like.n_stations},
             normalisation=normalisation_stats(traffic),
@@ -790,6 +817,10 @@ def pretrain_vqvae_stage(
     from mstdiff.models.wavelet import scale_coeffs
 
     config = config or VQVAEConfig()
+    if not has_traffic(train):
+        raise InputError("the training set has no traffic: there is nothing for the VQ-VAE to encode",
+                         where="pretrain-vqvae", fix="skip this stage: MSTDiff trains without traffic "
+                         "(and without a VQ-VAE) on a dataset of trajectories only")
     dev = resolve_device(device)
     scaler = TrafficScaler.for_dataset(train)
     w0, _ = encode_series(train, scaler, dev)
