@@ -445,11 +445,10 @@ def run_benchmark(config: BenchmarkConfig, out: str | os.PathLike[str], *, overw
                 if name == "mstdiff" or name in config.variants}
     baselines = {name: make_baseline(name, baseline_config(name, config))
                  for name in config.models if name not in variants}
-    for name, model in baselines.items():  # checked before any training
+    for name, model in baselines.items():  # reported before any training
         if model.produces != frozenset({"traffic", "locations"}):
-            raise InputError(
-                f"baseline {name!r} produces only {sorted(model.produces)}", where="models",
-                fix="pair a traffic model with a trajectory model, e.g. csdi+markov")
+            logger.info("baseline %r produces only %s: its other metrics are reported as not applicable "
+                        "(pair it, e.g. csdi+markov, for joint metrics)", name, sorted(model.produces))
     check_output_dir(out, reuse=True)
     _start_run_dir(config, out, overwrite)
     with log_to_file(out / "log.txt"):
