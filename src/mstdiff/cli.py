@@ -120,15 +120,23 @@ def split(
 @click.option("--draws", type=click.IntRange(min=1), default=5, show_default=True,
               help="Random draws (mean ± sd).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the draws.")
+@click.option("--conventions", type=click.Choice(["mstdiff", "movesim"]), default="mstdiff",
+              show_default=True, help="Trajectory metrics in our conventions or in MoveSim's (squared "
+              "degree distances, natural-log JSD, fixed bins), to set beside published tables.")
+@click.option("--movesim-max-distance", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Distance scale D (deg²) of --conventions movesim; default: the squared diameter of the "
+              "station table (MoveSim's GeoLife constant is 247.3).")
 @click.option("--no-plots", is_flag=True)
 @click.option("--overwrite", is_flag=True)
 def evaluate(real: Path, generated: tuple[Path, ...], out: Path, reference: Path | None, train: Path | None,
-             draws: int, seed: int, no_plots: bool, overwrite: bool) -> None:
+             draws: int, seed: int, conventions: str, movesim_max_distance: float | None, no_plots: bool,
+             overwrite: bool) -> None:
     """Compare generated sets with a real set; write metrics.json, metrics.md and plots."""
     from mstdiff.metrics.evaluate import evaluate_dirs
 
     result = evaluate_dirs(real, [str(g) for g in generated], out, reference=reference, train=train,
-                           draws=draws, seed=seed, plots=not no_plots, overwrite=overwrite)
+                           draws=draws, seed=seed, plots=not no_plots, overwrite=overwrite,
+                           conventions=conventions, movesim_max_distance=movesim_max_distance)
     click.echo(result.to_markdown())
     _echo_warnings(result.warnings)
     click.echo(f"\nwrote {out}")

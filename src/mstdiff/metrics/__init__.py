@@ -8,6 +8,8 @@ sample i of the other. JSDs are in base 2 on shared bin edges (:mod:`mstdiff.met
   ``daily_periodic_rmse``.
 - :mod:`~mstdiff.metrics.trajectory`: ``distance_jsd``, ``radius_jsd``, ``distinctloc_jsd``,
   ``duration_jsd``, ``grank_jsd``, ``irank_jsd``, ``location_jsd``.
+- :mod:`~mstdiff.metrics.movesim` (optional, ``evaluate(conventions="movesim")``): the six
+  trajectory metrics in MoveSim's conventions (squared degree distances, natural-log JSD, fixed bins).
 - :mod:`~mstdiff.metrics.joint`: ``joint_jsd``, ``joint_profile_rmse``.
 - :mod:`~mstdiff.metrics.evaluate`: the registry :data:`METRICS` and :func:`evaluate` (report with
   the floor row; plots from :mod:`~mstdiff.metrics.plots`).
@@ -15,6 +17,7 @@ sample i of the other. JSDs are in base 2 on shared bin edges (:mod:`mstdiff.met
 
 from mstdiff.metrics.evaluate import (
     METRICS,
+    MOVESIM_METRICS,
     EvaluationResult,
     Metric,
     compute_metrics,
@@ -58,6 +61,7 @@ from mstdiff.metrics.trajectory import (
 
 __all__ = [
     "METRICS",
+    "MOVESIM_METRICS",
     "EvaluationResult",
     "LocationClasses",
     "Metric",

@@ -45,7 +45,7 @@ import pandas as pd
 from mstdiff.data.dataset import PreparedDataset
 from mstdiff.errors import InputError
 from mstdiff.io import atomic_dir, atomic_write_text, check_output_dir, run_meta, write_json
-from mstdiff.metrics import joint, traffic, trajectory
+from mstdiff.metrics import joint, movesim, traffic, trajectory
 from mstdiff.metrics.joint import LocationClasses, location_classes
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "Metric",
     "METRICS",
+    "MOVESIM_METRICS",
+    "CONVENTIONS",
+    "conventions_metrics",
     "get_metric",
     "metric_context",
     "compute_metrics",
@@ -62,7 +65,7 @@ __all__ = [
 ]
 
 DATA_INPUTS = ("traffic", "locations")
-CONTEXT_INPUTS = ("coords", "n_stations", "bin_minutes", "location_class")
+CONTEXT_INPUTS = ("coords", "n_stations", "bin_minutes", "location_class", "max_distance")
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,9 @@ class Metric:
 
     ``needs`` lists the data it reads: ``"traffic"`` and/or ``"locations"`` (with both, ``real`` and
     ``generated`` are ``(traffic, locations)`` pairs), plus context keywords among
-    ``coords`` (``[N, 2]`` lat/lon), ``n_stations``, ``bin_minutes`` and ``location_class``
-    (``[N]`` class code per station).
+    ``coords`` (``[N, 2]`` lat/lon), ``n_stations``, ``bin_minutes``, ``location_class``
+    (``[N]`` class code per station) and ``max_distance`` (MoveSim's distance scale, None = from
+    ``coords``). ``unit``: the unit of the values where :func:`metric_unit`'s rule does not fit.
     """
 
     name: str
@@ -80,6 +84,7 @@ class Metric:
     needs: tuple[str, ...]
     lower_is_better: bool = True
     group: str = ""  # "traffic" | "trajectory" | "joint"
+    unit: str = ""  # e.g. "nats"; empty: metric_unit decides by name
 
     def __post_init__(self) -> None:
         unknown = [n for n in self.needs if n not in DATA_INPUTS + CONTEXT_INPUTS]
@@ -126,7 +131,9 @@ from the training visits beats the real floor on it (issue 13); ``home_cell_jsd`
 
 def metric_unit(m: Metric, traffic_unit: str | None = None) -> str:
     """Unit of a metric's values: JSDs in bits (0..1), the periodic RMSE a share, the profile RMSE
-    the traffic unit."""
+    the traffic unit; a metric's own ``unit`` wins (the MoveSim JSDs are in nats)."""
+    if m.unit:
+        return m.unit
     if m.name.endswith("_jsd"):
         return "bits"
     if m.name == "traffic_periodic_rmse":
@@ -134,8 +141,39 @@ def metric_unit(m: Metric, traffic_unit: str | None = None) -> str:
     return traffic_unit or "traffic unit"
 
 
+CONVENTIONS = ("mstdiff", "movesim")
+
+MOVESIM_METRICS: tuple[Metric, ...] = (
+    *(m for m in METRICS if m.group == "traffic"),
+    Metric("movesim_distance_jsd", movesim.distance_jsd, ("locations", "coords", "max_distance"),
+           group="trajectory", unit="nats"),
+    Metric("movesim_radius_jsd", movesim.radius_jsd, ("locations", "coords", "max_distance"),
+           group="trajectory", unit="nats"),
+    Metric("movesim_duration_jsd", movesim.duration_jsd, ("locations",), group="trajectory", unit="nats"),
+    Metric("movesim_dailyloc_jsd", movesim.dailyloc_jsd, ("locations", "bin_minutes"), group="trajectory",
+           unit="nats"),
+    Metric("movesim_grank_jsd", movesim.grank_jsd, ("locations",), group="trajectory", unit="nats"),
+    Metric("movesim_irank_jsd", movesim.irank_jsd, ("locations",), group="trajectory", unit="nats"),
+    *(m for m in METRICS if m.group == "joint"),
+)
+"""``conventions="movesim"``: the trajectory group of :data:`METRICS` (``home_cell_jsd`` included)
+replaced by the six MoveSim metrics of :mod:`~mstdiff.metrics.movesim` (natural-log JSD, nats); the
+traffic and joint metrics are kept as they are (base 2, bits)."""
+
+
+def conventions_metrics(conventions: str) -> tuple[Metric, ...]:
+    """The metric set of ``conventions``: ``"mstdiff"`` (:data:`METRICS`, the default) or
+    ``"movesim"`` (:data:`MOVESIM_METRICS`)."""
+    if conventions == "mstdiff":
+        return METRICS
+    if conventions == "movesim":
+        return MOVESIM_METRICS
+    raise InputError(f"unknown conventions {conventions!r}", where="conventions",
+                     fix=f"use one of {', '.join(CONVENTIONS)}")
+
+
 def get_metric(name: str) -> Metric:
-    for m in METRICS:
+    for m in (*METRICS, *MOVESIM_METRICS):
         if m.name == name:
             return m
     raise KeyError(f"unknown metric {name!r}; known: {', '.join(m.name for m in METRICS)}")
@@ -151,6 +189,7 @@ def metric_context(real: PreparedDataset, classes: LocationClasses | None = None
         "n_stations": real.n_stations,
         "bin_minutes": real.bin_minutes,
         "location_class": classes.codes,
+        "max_distance": None,  # MoveSim distance scale: None = squared diameter of coords
     }
 
 
@@ -332,6 +371,17 @@ def _spread_note(n: int, bins: int) -> str:
             "((bins − 1) / (4 n ln 2)) is sampling noise alone")
 
 
+def _movesim_note(max_distance: float | None, T: int) -> str:
+    D = "–" if max_distance is None else f"{max_distance:.6g}"
+    return ("Trajectory metrics in MoveSim conventions (Feng et al., KDD 2020; `mstdiff.metrics.movesim`): "
+            "JSD in nats (natural log, 0 … ln 2 ≈ 0.693); squared coordinate distances in deg², no square "
+            f"root; fixed-width bins, values outside dropped: distance 9,999 bins over [0, D), D = {D} deg², "
+            "radius (no square root) 9,999 bins over [0, D²); duration without the last stay, d / T in bins "
+            f"of 1/T (T = {T}); DailyLoc: distinct stations per day / S slots per day, bins of 1/S; "
+            "G-rank and I-rank: the top-100 visit frequencies (global; mean individual by rank) in 99 bins "
+            "of 0.01. The traffic and joint metrics keep our conventions (bits).")
+
+
 def evaluate(
     real: PreparedDataset,
     generated: Mapping[str, PreparedDataset],
@@ -346,6 +396,8 @@ def evaluate(
     max_samples: int | None = None,
     class_rule: str | None = None,
     overwrite: bool = False,
+    conventions: str = "mstdiff",
+    movesim_max_distance: float | None = None,
 ) -> EvaluationResult:
     """Compare every generated set with the real set over ``draws`` draws; optionally write the
     report to ``out``.
@@ -357,7 +409,11 @@ def evaluate(
     choice through one ``numpy.random.Generator``. ``max_samples`` caps every set (random subset)
     for speed. ``floor=False``: no floor; each generated set is compared with the whole real set.
     ``class_rule`` picks the location-class rule of the joint metrics
-    (:func:`~mstdiff.metrics.joint.location_classes`; default: automatic).
+    (:func:`~mstdiff.metrics.joint.location_classes`; default: automatic). ``conventions``:
+    ``"mstdiff"`` (default, :data:`METRICS`) or ``"movesim"`` (:data:`MOVESIM_METRICS`: the
+    trajectory metrics in MoveSim's conventions, floor and draws as for the default ones);
+    ``movesim_max_distance`` fixes their distance scale D in deg² (default: the squared diameter of
+    the shared station table; 247.3 is MoveSim's GeoLife constant).
 
     With ``out``, writes ``metrics.json``, ``metrics.md`` and (``plots``) ``plots/*.png`` into the
     directory atomically; an existing non-empty ``out`` needs ``overwrite=True``.
@@ -365,6 +421,11 @@ def evaluate(
     from mstdiff.metrics.sanity import dataset_sanity, decode_cap, sanity_problems, traffic_upper
     from mstdiff.metrics.stations import align_stations
 
+    metrics = conventions_metrics(conventions)
+    if movesim_max_distance is not None and not (math.isfinite(movesim_max_distance)
+                                                 and movesim_max_distance > 0):
+        raise InputError(f"movesim_max_distance = {movesim_max_distance} must be a number > 0",
+                         where="evaluate", fix="use e.g. 247.3 (MoveSim's GeoLife constant) or leave it out")
     if out is not None:  # before the work: a file, a read-only or a full disk as --out fails at once
         empty = Path(out).is_dir() and not any(Path(out).iterdir())
         check_output_dir(out, overwrite=overwrite, reuse=empty)
@@ -420,15 +481,19 @@ def evaluate(
                              fix="use real data of other users (e.g. the train split against the test split)")
 
     errors: list[str] = []
-    values: dict[str, dict[str, list[float]]] = {name: {m.name: [] for m in METRICS} for name in gens}
+    values: dict[str, dict[str, list[float]]] = {name: {m.name: [] for m in metrics} for name in gens}
     if floor:
-        values["floor"] = {m.name: [] for m in METRICS}
+        values["floor"] = {m.name: [] for m in metrics}
     sizes: dict[str, Any] = {"real_total": real.n_samples, "real": U,
                              **({"reference_total": reference.n_samples} if reference is not None else {})}
     if floor and U < 2 and ref_used is None:
         notes.append(f"The real set has {U} sample(s): no floor can be computed.")
         values.pop("floor")
         floor = False
+    max_distance = None
+    if conventions == "movesim":  # once: every row and draw uses the same bin edges
+        max_distance = (movesim.squared_diameter(real_used.coords) if movesim_max_distance is None
+                        else float(movesim_max_distance))
     n_used: list[int] = []
     for _k in range(draws):
         if floor and ref_used is None:
@@ -446,12 +511,13 @@ def evaluate(
             b = None
         n_used.append(n)
         ctx = metric_context(a, class_rule=classes.rule)
+        ctx["max_distance"] = max_distance
         if b is not None:
-            for k, v in compute_metrics(a, b, ctx, errors=errors).items():
+            for k, v in compute_metrics(a, b, ctx, metrics, errors=errors).items():
                 values["floor"][k].append(v)
         for name, g in gens.items():
             gk = g if g.n_samples == n else g.subset(_trim(np.arange(g.n_samples), n, rng))
-            for k, v in compute_metrics(a, gk, ctx, errors=errors).items():
+            for k, v in compute_metrics(a, gk, ctx, metrics, errors=errors).items():
                 values[name][k].append(v)
         if not floor and draws > 1 and n == U and all(g.n_samples == n for g in gens.values()):
             break  # nothing random left to draw
@@ -484,8 +550,12 @@ def evaluate(
         notes.append(f"The floor splits the real set's users into two halves of {n_row} samples; "
                      f"generated sets were subsampled to {n_row} per draw so that every row has the "
                      "same n.")
+    bins_of = ("the movesim_* metrics use fixed bins" if conventions == "movesim"
+               else f"radius_jsd uses {trajectory.RADIUS_BINS} bins")
     notes.append(_spread_note(n_row, traffic.DEFAULT_BINS) + " (pooled traffic JSDs pool n · T values, "
-                 f"so their floor is lower; radius_jsd uses {trajectory.RADIUS_BINS} bins).")
+                 f"so their floor is lower; {bins_of}).")
+    if conventions == "movesim":
+        notes.append(_movesim_note(max_distance, real.T))
     if max_samples is not None and any(g.n_samples > max_samples for g in generated.values()):
         notes.append(f"Sets larger than max_samples = {max_samples} were randomly subsampled.")
     notes.extend(f"Not computed: {e}" for e in errors)
@@ -494,7 +564,7 @@ def evaluate(
     unit = real.meta.get("traffic_unit")
     config = {
         "seed": seed, "draws": draws, "floor": floor, "plots": plots, "max_samples": max_samples,
-        "class_rule": classes.rule, "jsd_base": 2, "bins": traffic.DEFAULT_BINS,
+        "class_rule": classes.rule, "conventions": conventions, "jsd_base": 2, "bins": traffic.DEFAULT_BINS,
         "radius_bins": trajectory.RADIUS_BINS, "home_grid": trajectory.HOME_GRID,
         "n_levels": joint.N_LEVELS, "top_fraction": trajectory.TOP_FRACTION, "T": real.T,
         "bin_minutes": real.bin_minutes, "n_stations": len(aligned.stations), "traffic_unit": unit,
@@ -503,6 +573,10 @@ def evaluate(
         "train_source": train.meta.get("source") if train is not None else None,
         "generated_sources": {name: g.meta.get("source") for name, g in generated.items()},
     }
+    if conventions == "movesim":
+        config.update(movesim_max_distance=max_distance, movesim_jsd_base="e",
+                      movesim_distance_bins=movesim.DISTANCE_BINS, movesim_top_k=movesim.TOP_K,
+                      movesim_rank_bins=movesim.RANK_BINS)
     upper = traffic_upper(real)  # None for units without a natural maximum (bytes, MB)
     cap = decode_cap(train if train is not None else real, upper)
     config["traffic_upper"] = upper
@@ -530,7 +604,7 @@ def evaluate(
     result = EvaluationResult(rows=rows, sd=sd, floor_rows=floor_rows, floor_sd=floor_sd, draws=values,
                               sizes=sizes, notes=notes, warnings=warnings, config=config,
                               location_classes=classes.to_dict(), sanity=sanity, memorisation=memo,
-                              utility=util, stations=station_info)
+                              utility=util, stations=station_info, metrics=metrics)
     for w in warnings:
         logger.warning("OUT OF THE REAL RANGE: %s", w)
     logger.info("metrics of %d set(s) over %d draw(s) in %.2f s", len(gens), len(n_used),

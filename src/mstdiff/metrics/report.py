@@ -97,6 +97,12 @@ def _legend(res: EvaluationResult, bold: dict[str, str]) -> list[str]:
     dirs = {m.lower_is_better for m in res.metrics}
     lines.append("All columns: lower is better (↓)." if dirs == {True}
                  else "↓ lower is better, ↑ higher is better.")
+    if res.config.get("conventions") == "movesim":
+        lines.append("Conventions: **movesim** — the trajectory metrics (movesim_*) follow MoveSim "
+                     "(Feng et al., KDD 2020; `mstdiff.metrics.movesim`), in nats; traffic and joint "
+                     "metrics as by default.")
+    else:
+        lines.append("Conventions: mstdiff (the default; `--conventions movesim` gives MoveSim's).")
     lines.append(f"Cells: mean ± sd over {draws} draw(s); n: samples on each side of a comparison per draw.")
     if any(v == 0 for row in res.sd.values() for v in row.values()):
         lines.append("A model cell without ± is the same in every draw (the whole real set against the whole "
@@ -116,6 +122,10 @@ def _legend(res: EvaluationResult, bold: dict[str, str]) -> list[str]:
     if "bits" in units:
         lines.append("[bits]: Jensen–Shannon divergence in base 2 (0 identical … 1 disjoint), on bin edges "
                      "shared by both sets (see metrics.json `metric_info`).")
+    if "nats" in units:
+        lines.append("[nats]: Jensen–Shannon divergence in natural log (0 identical … ln 2 ≈ 0.693 "
+                     "disjoint), on MoveSim's fixed-width bins; values outside their range are dropped "
+                     "(see the notes).")
     if "share" in units:
         lines.append("[share]: RMSE of the per-sample share of the daily bin in the one-sided amplitude "
                      "spectrum (`|rfft(m)|[k] / Σ_j |rfft(m)|[j]`, DC bin included).")
