@@ -112,3 +112,19 @@ def test_a_step_without_anything_to_unmask_skips_the_network():
     out = hybrid.sample(m, 1, T, torch.Generator().manual_seed(0))
     assert 0 < len(seen) < 30 and all(k > 0 for k in seen)  # T = 16 tokens over 30 steps
     assert sum(seen) == T and (out.l0 < N).all()  # each token scored once, when it unmasks
+
+
+def test_station_prior_makes_the_table_head_start_at_the_visit_shares():
+    m = net(copy_head=False)
+    with torch.no_grad():
+        m.logits_head.weight.zero_()  # the biases alone decide the table head
+    counts = np.random.default_rng(0).integers(0, 50, N)
+    counts[:3] = 0
+    m.init_station_prior_(counts, pseudo_count=0.5)
+    l0, l_s = noisy_ids(2, 5)
+    with torch.no_grad():
+        p = torch.softmax(m(torch.zeros(2, T), l_s, torch.tensor([3, 4])).logits, -1)
+    want = (counts + 0.5) / (counts.sum() + 0.5 * N)
+    torch.testing.assert_close(p[0, 0].double(), torch.from_numpy(want), rtol=1e-4, atol=1e-7)
+    with pytest.raises(Exception, match="station counts"):
+        m.init_station_prior_(counts[:-1])

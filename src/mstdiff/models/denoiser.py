@@ -506,6 +506,20 @@ class MSTDiffDenoiser(nn.Module):
         self.station_emb.weight[:, :k] = P.to(self.station_emb.weight)
 
     @torch.no_grad()
+    def init_station_prior_(self, counts: np.ndarray, pseudo_count: float = 0.5) -> None:
+        """Set the table head's station biases to ``log((count_j + α) / Σ)``, centred: with the weights
+        still near 0 the table head then draws stations by their training visit shares (the unigram
+        prior of language models' output layers) instead of uniformly over N."""
+        if self.logits_head is None or self.logits_head.bias is None:
+            return
+        N = self.logits_head.bias.shape[0]
+        c = np.asarray(counts, dtype=np.float64)
+        if c.shape != (N,) or (c < 0).any():
+            raise InputError(f"station counts have shape {c.shape}, expected ({N},) non-negative")
+        logp = np.log(c + pseudo_count) - np.log(c.sum() + N * pseudo_count)
+        self.logits_head.bias.copy_(torch.from_numpy(logp - logp.mean()).to(self.logits_head.bias))
+
+    @torch.no_grad()
     def set_station_coordinates_(self, lat: np.ndarray, lon: np.ndarray) -> None:
         """Fill the copy head's map kernel: for each station its ``near_k`` nearest stations (itself
         excluded; equirectangular km) with weights ``∝ exp(−dist / d₀)``, ``d₀`` the median distance

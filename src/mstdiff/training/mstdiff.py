@@ -72,7 +72,7 @@ class TrainConfig:
         "ema_decay": between(0, 1, open_hi=True), "loss_weights": ge(0), "val_batches": ge(0),
         "checkpoint_every": ge(1), "log_every": ge(1), "seed": ge(0), "num_threads": ge(1),
         "calibration_samples": ge(0), "calibration_batch_size": ge(1), "activity_weight": ge(0),
-        "condition_rate": between(0, 1),
+        "condition_rate": between(0, 1), "station_prior": ge(0),
     }
 
     epochs: int = 20  # passes over the training samples
@@ -98,6 +98,10 @@ class TrainConfig:
     # model's own samples so that both atoms get the training shares (0: keep the grid midpoints)
     calibration_samples: int = 256
     calibration_batch_size: int = 256  # samples per sampling batch of that calibration
+    # start the station table head's biases at the log visit shares of the training set (+ this
+    # pseudo-count per station), so the table head starts from the real marginal instead of uniform
+    # over N (a far-away station drawn for a masked slot was the first failure at N = 23,768); 0: off
+    station_prior: float = 0.0
     activity_weight: float = 1.0  # weight of the activity channel's masked CE (model.activity)
     # share of training samples given as the conditional sampler sees them (mstdiff.conditional):
     # observed location / activity tokens clean; 0 = unconditional training only
@@ -491,6 +495,9 @@ def _train(
     denoiser, hybrid = build_model(model_config, discrete, vqvae, seed=cfg.seed,
                                    station_embeddings=station_embeddings,
                                    station_coords=station_coordinates(train))
+    if cfg.station_prior > 0:  # (a resumed run then loads its own weights)
+        denoiser.init_station_prior_(np.bincount(np.asarray(train.locations).ravel(),
+                                                 minlength=train.n_stations), cfg.station_prior)
     denoiser.to(device)
     hybrid.to(device)
     opt = torch.optim.AdamW(denoiser.optimizer_groups(cfg.weight_decay), lr=cfg.lr)
