@@ -120,3 +120,44 @@ def test_run_dir_written_before_a_new_setting_existed_is_still_the_same_config(t
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     with pytest.raises(InputError, match="different config"):
         _start_run_dir(cfg, tmp_path, overwrite=False)
+
+
+def _movesim_folder(folder: Path) -> Path:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for name, n in (("real.data", 12), ("val.data", 4)):
+        (folder / name).write_text("".join(" ".join(map(str, rng.integers(0, 10, 16))) + "\n"
+                                           for _ in range(n)))
+    (folder / "gps").write_text("".join(f"{39.9 + 0.01 * i} {116.3 + 0.01 * i}\n" for i in range(10)))
+    return folder
+
+
+def test_shared_stages_split_by_part_of_a_dataset_without_traffic(tmp_path):
+    from mstdiff.pipeline import load_run_config, run_shared_stages
+
+    raw = _movesim_folder(tmp_path / "raw")
+    cfg = load_run_config(None, [
+        "data.source=movesim", f"data.raw={raw}", "data.split_by=part",
+        "data.parts={train: [real], val: [val], test: [val]}"])
+    st = run_shared_stages(cfg, tmp_path / "run", {}, progress=False, need_mstdiff=False)
+    assert (st.train.n_samples, st.val.n_samples, st.test.n_samples) == (12, 4, 4)
+    assert set(st.train.samples["part"]) == {"real"} and set(st.test.samples["part"]) == {"val"}
+    assert not st.data.has_traffic and not st.train.has_traffic and not st.test.has_traffic
+    assert not (tmp_path / "run" / "split" / "train" / "traffic.npy").exists()
+    split_meta = json.loads((tmp_path / "run" / "split" / "meta.json").read_text())
+    assert split_meta["by"] == "part" and split_meta["counts"] == {"train": 12, "val": 4, "test": 4}
+
+
+@pytest.mark.parametrize("sets, match", [
+    (["data.parts={train: [real], val: [val], test: [val]}"], "data.split_by is not"),
+    (["data.split_by=part"], "needs train, val and test"),
+    (["data.split_by=part", "data.parts={train: [real], test: [val]}"], "needs train, val and test"),
+    (["data.split_by=part", "data.parts={train: real, val: [val], test: [val]}"], "not a list"),
+])
+def test_split_by_config_is_checked_at_load_time(sets, match):
+    from mstdiff.pipeline import load_run_config
+
+    with pytest.raises(InputError, match=match):
+        load_run_config(None, sets)

@@ -60,7 +60,7 @@ def cli(verbose: int, threads: int | None) -> None:
 # --------------------------------------------------------------------------- data
 @cli.command()
 @click.option("--source", required=True,
-              type=click.Choice(["shanghai-telecom", "app-usage", "csv", "synthetic"]),
+              type=click.Choice(["shanghai-telecom", "app-usage", "csv", "movesim", "synthetic"]),
               help="Record format of the raw input.")
 @click.option("--raw", type=click.Path(path_type=Path), default=None,
               help="Raw input: folder or file (not needed for --source synthetic).")
@@ -90,18 +90,41 @@ def info(directory: Path) -> None:
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Folder that receives train/, val/, test/ prepared datasets.")
-@click.option("--fractions", nargs=3, type=click.FloatRange(0, 1), default=(0.8, 0.1, 0.1), show_default=True)
+@click.option("--fractions", nargs=3, type=click.FloatRange(0, 1), default=None,
+              help="User-level train/val/test fractions  [default: 0.8 0.1 0.1]")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--by", "by", default=None, metavar="COLUMN",
+              help="Split by this samples column instead of fractions (e.g. part, with --train real "
+              "--val val --test val for MoveSim-format data).")
+@click.option("--train", "train_values", multiple=True, metavar="VALUE",
+              help="With --by: a value of the train split (repeatable).")
+@click.option("--val", "val_values", multiple=True, metavar="VALUE",
+              help="With --by: a value of the val split.")
+@click.option("--test", "test_values", multiple=True, metavar="VALUE",
+              help="With --by: a value of the test split.")
 @click.option("--overwrite", is_flag=True)
 def split(
-    directory: Path, out: Path, fractions: tuple[float, float, float], seed: int, overwrite: bool
+    directory: Path, out: Path, fractions: tuple[float, float, float] | None, seed: int, by: str | None,
+    train_values: tuple[str, ...], val_values: tuple[str, ...], test_values: tuple[str, ...],
+    overwrite: bool,
 ) -> None:
-    """Seeded user-level train/val/test split (no user in two splits)."""
+    """Seeded user-level train/val/test split (no user in two splits), or a split by a samples column."""
     from mstdiff.data import PreparedDataset
     from mstdiff.data.dataset import save_splits
+    from mstdiff.errors import InputError
 
-    parts = save_splits(PreparedDataset.load(directory), out, fractions=fractions, seed=seed,
-                        overwrite=overwrite)
+    values = {"train": list(train_values), "val": list(val_values), "test": list(test_values)}
+    if by is None and any(values.values()):
+        raise InputError("--train/--val/--test name values of the --by column", where="split",
+                         fix="add --by COLUMN (e.g. --by part), or split by --fractions")
+    if by is not None and fractions is not None:
+        raise InputError("--by and --fractions are two ways to split: choose one", where="split",
+                         fix="drop --fractions (with --by) or --by")
+    if by is not None and not values["train"]:
+        raise InputError("--by needs the values of each split", where="split",
+                         fix="e.g. --by part --train real --val val --test val")
+    parts = save_splits(PreparedDataset.load(directory), out, fractions=fractions or (0.8, 0.1, 0.1),
+                        seed=seed, by=by, parts=values if by is not None else None, overwrite=overwrite)
     for name, ds in parts.items():
         click.echo(f"{name:>5}: {ds.n_samples:,} samples, {ds.samples['user'].nunique():,} users")
 

@@ -65,11 +65,15 @@ logger = logging.getLogger(__name__)
 class DataConfig:
     CHECKS: ClassVar[dict[str, Check]] = {"split": between(0, 1), "split_seed": ge(0)}
 
-    source: str = "synthetic"  # shanghai-telecom | app-usage | csv | synthetic
+    source: str = "synthetic"  # shanghai-telecom | app-usage | csv | movesim | synthetic
     raw: str | None = None  # raw input (relative paths: from the working directory)
     options: dict[str, Any] = field(default_factory=dict)  # reader options (see README)
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # user-level train/val/test fractions
     split_seed: int = 0  # seed of the user-level split
+    # split by this samples column instead of the fractions (e.g. "part": the raw file of a sample)
+    split_by: str | None = None
+    # with split_by: the column values of each split, e.g. {train: [real], val: [val], test: [val]}
+    parts: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -144,6 +148,19 @@ def check_run_config(config: RunConfig, origins: dict[str, str] | None = None) -
     if any(f < 0 for f in d.split) or abs(sum(d.split) - 1.0) > 1e-6:
         raise err("data.split", f"data.split = {list(d.split)} must be three fractions >= 0 summing to 1",
                   "e.g. [0.8, 0.1, 0.1]")
+    if d.split_by is None and d.parts:
+        raise err("data.parts", "data.parts is set but data.split_by is not",
+                  "set data.split_by to the samples column the parts name (e.g. part), or remove data.parts")
+    if d.split_by is not None:
+        example = "e.g. data: {split_by: part, parts: {train: [real], val: [val], test: [val]}}"
+        if set(d.parts) != {"train", "val", "test"}:
+            raise err("data.parts" if d.parts else "data.split_by",
+                      f"data.parts has {sorted(d.parts)}: with data.split_by it needs train, val and test",
+                      example)
+        for name, values in d.parts.items():
+            if not isinstance(values, list) or not all(isinstance(v, str | int) for v in values):
+                raise err(f"data.parts.{name}", f"data.parts.{name} = {values!r} is not a list of values",
+                          example)
     if config.kg.poi_table is not None and not Path(config.kg.poi_table).is_file():
         raise err("kg.poi_table", f"kg.poi_table = {config.kg.poi_table!r} is not a file",
                   "check the path, or remove kg.poi_table")
@@ -272,7 +289,8 @@ def run_shared_stages(config: RunConfig, out: Path, timings: dict[str, float], *
         data = PreparedDataset.load(out / "data")
     with _stage("split", timings):
         if not (out / "split" / "meta.json").exists():
-            save_splits(data, out / "split", fractions=dc.split, seed=dc.split_seed)
+            save_splits(data, out / "split", fractions=dc.split, seed=dc.split_seed, by=dc.split_by,
+                        parts=dc.parts)
         train, val, test = (PreparedDataset.load(out / "split" / k) for k in ("train", "val", "test"))
     vqvae: VQVAE | None = None
     if need_mstdiff:

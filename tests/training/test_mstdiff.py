@@ -218,7 +218,8 @@ def test_a_dataset_without_traffic_trains_mstdiff_without_traffic(city, discrete
     _, lo2 = model.sample(6, generator=torch.Generator().manual_seed(0))
     np.testing.assert_array_equal(lo, lo2)  # same seed, same trajectories
     g = generate(model, traj, 5, tmp_path / "g", seed=0, batch_size=4, progress=False)
-    assert g.meta["has_traffic"] is False and g.n_samples == 5
+    assert g.meta["has_traffic"] is False and g.n_samples == 5 and not g.has_traffic
+    assert not (tmp_path / "g" / "traffic.npy").exists()
 
 
 def test_without_traffic_the_network_ignores_the_traffic_input(city):

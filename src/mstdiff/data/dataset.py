@@ -2,14 +2,24 @@
 
 A prepared dataset is a directory::
 
-    traffic.npy      float32 [U, T]   traffic per time bin (unit in meta["traffic_unit"])
+    traffic.npy      float32 [U, T]   traffic per time bin (unit in meta["traffic_unit"]);
+                                      absent for a dataset without traffic (below)
     locations.npy    int32   [U, T]   row index into stations.parquet
     stations.parquet station_id (str), lat, lon (float64), optional feature columns (e.g. poi_*)
-    samples.parquet  user (str), start (ISO datetime string of the window start)
+    samples.parquet  user (str), start (ISO datetime string of the window start), optional columns
+                     (e.g. ``part``: the raw file a sample came from)
     meta.json        source, bin_minutes, T, filters, counts, normalisation, creation command
 
 Real data, generated data and baseline outputs all use it, so that ``mstdiff evaluate`` treats them
 alike. :meth:`PreparedDataset.save` writes atomically.
+
+**Datasets without traffic** (trajectories only, e.g. GeoLife in the MoveSim format) say
+``meta["has_traffic"] = false`` (absent: true). In memory their ``traffic`` is a float32 zeros
+``[U, T]`` array, so that code indexing it keeps working; on disk they have no ``traffic.npy`` and
+no normalisation statistics. A generated set whose model does not produce one output lists it under
+``meta["placeholder"]`` (zeros stored as usual). :attr:`PreparedDataset.has_traffic` and
+:attr:`PreparedDataset.has_locations` say whether a set's traffic and locations are data; the
+evaluation skips the metrics, plots and statistics of what is not.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +40,8 @@ from mstdiff.io import atomic_dir, run_meta, write_json
 
 FORMAT_VERSION = 1
 REQUIRED_FILES = ("traffic.npy", "locations.npy", "stations.parquet", "samples.parquet", "meta.json")
+OPTIONAL_TRAFFIC = "traffic.npy"  # absent where meta.json says has_traffic: false
+NO_TRAFFIC = "none (trajectories only)"
 STATION_COLUMNS = ("station_id", "lat", "lon")
 SAMPLE_COLUMNS = ("user", "start")
 
@@ -94,6 +107,18 @@ class PreparedDataset:
         self.locations = np.ascontiguousarray(self.locations, dtype=np.int32)
         self.validate(where)
 
+    # ------------------------------------------------------------------ what the set holds
+    @property
+    def has_traffic(self) -> bool:
+        """Whether ``traffic`` is data: ``meta["has_traffic"]`` (default true) and not a placeholder
+        (``meta["placeholder"]`` of a model that does not generate traffic)."""
+        return self.meta.get("has_traffic", True) is not False and "traffic" not in _placeholder(self.meta)
+
+    @property
+    def has_locations(self) -> bool:
+        """Whether ``locations`` are data (not a placeholder of a model that does not generate them)."""
+        return "locations" not in _placeholder(self.meta)
+
     # ------------------------------------------------------------------ properties
     @property
     def n_samples(self) -> int:
@@ -138,15 +163,27 @@ class PreparedDataset:
             ("users", f"{users.nunique():,}"),
             ("time bins (T)", f"{self.T} x {self.bin_minutes} min"),
             ("stations (N)", f"{self.n_stations:,} ({visited:,} visited)"),
-            ("traffic unit", self.meta.get("traffic_unit", "?")),
-            ("active slots", f"{active.mean():.1%}" if tr.size else "-"),
-            ("traffic per active slot",
-             f"median {np.median(tr[active]):.3g}, mean {tr[active].mean():.3g}, max {tr.max():.3g}"
-             if active.any() else "-"),
-            ("active slots per sample", f"median {np.median(active.sum(1)):.0f}" if tr.size else "-"),
-            ("moves per sample", f"mean {moves.mean():.2f}" if moves.size else "-"),
-            ("distinct stations per sample", f"mean {distinct.mean():.2f}" if distinct.size else "-"),
         ]
+        if self.has_traffic:
+            rows += [
+                ("traffic unit", self.meta.get("traffic_unit", "?")),
+                ("active slots", f"{active.mean():.1%}" if tr.size else "-"),
+                ("traffic per active slot",
+                 f"median {np.median(tr[active]):.3g}, mean {tr[active].mean():.3g}, max {tr.max():.3g}"
+                 if active.any() else "-"),
+                ("active slots per sample", f"median {np.median(active.sum(1)):.0f}" if tr.size else "-"),
+            ]
+        elif self.meta.get("has_traffic", True) is False:
+            rows.append(("traffic", NO_TRAFFIC))
+        else:
+            rows.append(("traffic", "none (placeholder zeros: the model does not generate traffic)"))
+        if self.has_locations:
+            rows += [
+                ("moves per sample", f"mean {moves.mean():.2f}" if moves.size else "-"),
+                ("distinct stations per sample", f"mean {distinct.mean():.2f}" if distinct.size else "-"),
+            ]
+        else:
+            rows.append(("locations", "none (placeholder: the model does not generate locations)"))
         counts = self.meta.get("counts")
         counts = counts if isinstance(counts, dict) else {}
         dropped = counts.get("records_dropped") or counts.get("dropped") or {}
@@ -189,6 +226,15 @@ class PreparedDataset:
             raise InputError("traffic contains NaN or infinite values", where=where)
         if (self.traffic < 0).any():
             raise InputError("traffic contains negative values", where=where)
+        flag = self.meta.get("has_traffic", True)
+        if not isinstance(flag, bool):
+            raise InputError(f"meta field 'has_traffic' is {flag!r}, not true or false", where=where)
+        if flag is False and self.traffic.any():
+            raise InputError(
+                "meta says has_traffic: false but the traffic array holds non-zero values", where=where,
+                fix="a dataset without traffic has all-zero traffic: drop meta['has_traffic'] to keep "
+                "the values, or pass zeros",
+            )
 
     # ------------------------------------------------------------------ derived sets
     def subset(self, index: np.ndarray | list[int], **meta_update: Any) -> PreparedDataset:
@@ -216,16 +262,21 @@ class PreparedDataset:
             {"user": users if users is not None else [f"gen{i:06d}" for i in range(U)],
              "start": [""] * U}
         )
-        meta = {
+        meta: dict[str, Any] = {
             "source": source,
             "bin_minutes": self.bin_minutes,
             "T": int(np.asarray(traffic).shape[1]),
             "traffic_unit": self.meta.get("traffic_unit", "unknown"),
             "counts": {"samples": U, "stations": self.n_stations},
-            "normalisation": normalisation_stats(traffic),
             "stations_from": self.meta.get("source"),
         }
+        if self.meta.get("has_traffic", True) is False:  # a set on a dataset without traffic has none
+            meta["has_traffic"] = False
         meta.update(meta_update)
+        if meta.get("has_traffic", True) is False:
+            traffic = np.zeros(np.shape(traffic), dtype=np.float32)
+        else:
+            meta.setdefault("normalisation", normalisation_stats(traffic))
         return PreparedDataset(traffic, locations, self.stations, samples, meta)
 
     # ------------------------------------------------------------------ files
@@ -238,11 +289,16 @@ class PreparedDataset:
         meta.setdefault("bin_minutes", 30)
         meta.setdefault("counts", {})
         meta["counts"] = dict(meta["counts"], samples=self.n_samples, stations=self.n_stations)
-        meta.setdefault("normalisation", normalisation_stats(self.traffic))
+        without = meta.get("has_traffic", True) is False  # no traffic.npy, no normalisation statistics
+        if without:
+            meta.pop("normalisation", None)
+        else:
+            meta.setdefault("normalisation", normalisation_stats(self.traffic))
         if "created_at" not in meta:
             meta.update({k: v for k, v in run_meta().items() if k not in meta})
         with atomic_dir(path, overwrite=overwrite) as tmp:
-            np.save(tmp / "traffic.npy", self.traffic)
+            if not without:
+                np.save(tmp / "traffic.npy", self.traffic)
             np.save(tmp / "locations.npy", self.locations)
             stations = self.stations.copy()
             stations["station_id"] = stations["station_id"].astype(str)
@@ -271,14 +327,24 @@ class PreparedDataset:
                 fix="pass the directory written by `mstdiff prepare` (or `mstdiff generate`)",
             )
         missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
-        if missing:
+        if [f for f in missing if f != OPTIONAL_TRAFFIC]:  # traffic.npy alone: decided by meta.json
             raise InputError(
                 f"not a prepared dataset: missing {', '.join(missing)}", where=str(path),
                 fix="create it with `mstdiff prepare --source ... --out DIR`",
             )
         meta = _load_meta(path / "meta.json")
-        traffic = _load_npy(path / "traffic.npy", mmap=mmap, kinds="fiu", what="traffic values")
+        traffic: np.ndarray | None = None
+        if (path / OPTIONAL_TRAFFIC).is_file():
+            traffic = _load_npy(path / OPTIONAL_TRAFFIC, mmap=mmap, kinds="fiu", what="traffic values")
+        elif meta.get("has_traffic", True) is not False:
+            raise InputError(
+                f"not a prepared dataset: missing {OPTIONAL_TRAFFIC}", where=str(path),
+                fix="create it with `mstdiff prepare --source ... --out DIR` (a dataset without traffic "
+                "says has_traffic: false in its meta.json)",
+            )
         locations = _load_npy(path / "locations.npy", mmap=mmap, kinds="iu", what="station indices")
+        if traffic is None:  # a dataset without traffic: zeros in memory
+            traffic = np.zeros(locations.shape, dtype=np.float32)
         if locations.dtype != np.int32 and locations.size:
             lo, hi = int(locations.min()), int(locations.max())
             if lo < np.iinfo(np.int32).min or hi > np.iinfo(np.int32).max:
@@ -293,7 +359,8 @@ class PreparedDataset:
                                  where=str(path / "stations.parquet"), fix=_REDO)
         T_meta = meta.get("T")
         if T_meta is not None and traffic.ndim == 2 and T_meta != traffic.shape[1]:
-            raise InputError(f"meta.json says T = {T_meta} but traffic.npy has {traffic.shape[1]} time bins",
+            array = OPTIONAL_TRAFFIC if (path / OPTIONAL_TRAFFIC).is_file() else "locations.npy"
+            raise InputError(f"meta.json says T = {T_meta} but {array} has {traffic.shape[1]} time bins",
                              where=str(path), fix=_REDO)
         try:
             return cls(traffic, locations, stations, samples, meta, where=str(path))
@@ -315,6 +382,11 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "source": (str,), "traffic_unit": (str,), "counts": (dict,), "format_version": (int,),
     "bin_minutes": (int,), "T": (int,),
 }
+
+
+def _placeholder(meta: dict[str, Any]) -> dict[str, Any]:
+    ph = meta.get("placeholder")
+    return ph if isinstance(ph, dict) else {}
 
 
 def _load_meta(path: Path) -> dict[str, Any]:
@@ -341,6 +413,9 @@ def _load_meta(path: Path) -> dict[str, Any]:
             kind = {int: "a whole number", str: "text", dict: "a JSON object"}[types[0]]
             shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
             raise InputError(f"field {key!r} is {shown}, not {kind}", where=str(path), fix=_REDO)
+    if meta.get("has_traffic") is not None and not isinstance(meta["has_traffic"], bool):
+        raise InputError(f"field 'has_traffic' is {meta['has_traffic']!r}, not true or false",
+                         where=str(path), fix=_REDO)
     if meta.get("bin_minutes") is not None and meta["bin_minutes"] <= 0:
         raise InputError(f"bin_minutes = {meta['bin_minutes']} is not positive", where=str(path), fix=_REDO)
     version = meta.get("format_version", FORMAT_VERSION)
@@ -443,15 +518,73 @@ def user_level_split(
     return out
 
 
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def column_split(ds: PreparedDataset, column: str, parts: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Split of sample positions by the value of a samples column instead of random fractions.
+
+    ``parts`` maps each of ``"train"``, ``"val"``, ``"test"`` to the list of ``column`` values whose
+    samples go there, e.g. ``column="part"``, ``parts={"train": ["real"], "val": ["val"], "test":
+    ["val"]}`` for MoveSim-format data (a split may repeat another's values: the GeoLife benchmark
+    evaluates on its validation file). Values are compared as text. A listed value that no sample
+    has raises :class:`InputError`; samples whose value is listed nowhere are left out. Returns sorted
+    position arrays keyed ``"train"``, ``"val"``, ``"test"``.
+    """
+    where = f"split by {column!r}"
+    if column not in ds.samples.columns:
+        raise InputError(
+            f"the samples table has no column {column!r}; it has {list(map(str, ds.samples.columns))}",
+            where=where, fix="split by one of those columns, or by fractions",
+        )
+    if not isinstance(parts, Mapping):
+        raise InputError(f"parts is {type(parts).__name__}, not a mapping", where=where,
+                         fix="e.g. {train: [real], val: [val], test: [val]}")
+    unknown = sorted(map(str, set(parts) - set(SPLIT_NAMES)))
+    absent = [k for k in SPLIT_NAMES if k not in parts]
+    if unknown or absent:
+        what = (f"unknown split name(s) {unknown}" if unknown else f"no values for split(s) {absent}")
+        raise InputError(f"{what}: parts needs exactly train, val and test", where=where,
+                         fix="e.g. {train: [real], val: [val], test: [val]}")
+    values = ds.samples[column].astype(str).to_numpy()
+    present = sorted(set(values.tolist()))
+    out: dict[str, np.ndarray] = {}
+    for name in SPLIT_NAMES:
+        wanted = parts[name]
+        wanted = [wanted] if isinstance(wanted, str) else wanted
+        if not isinstance(wanted, list | tuple) or not all(isinstance(v, str | int) for v in wanted):
+            raise InputError(f"parts.{name} is {wanted!r}, not a list of {column} values", where=where,
+                             fix="e.g. [real]")
+        missing = [str(v) for v in wanted if str(v) not in present]
+        if missing:
+            shown = present if len(present) <= 20 else present[:20] + ["..."]
+            raise InputError(
+                f"no sample has {column} = {missing[0]!r} (parts.{name}); the values are {shown}",
+                where=where, fix=f"list values of the {column!r} column")
+        out[name] = np.flatnonzero(np.isin(values, [str(v) for v in wanted]))
+    return out
+
+
+def _split_parts(ds: PreparedDataset, fractions: tuple[float, float, float], seed: int, by: str | None,
+                 parts: Mapping[str, Any] | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    if by is None:
+        if parts:
+            raise InputError("parts are given without the column to split by", where="split",
+                             fix="give the column too (split_by: part / --by part), or drop the parts")
+        return user_level_split(ds, fractions, seed), {"seed": seed, "fractions": list(fractions)}
+    idx = column_split(ds, by, parts or {})
+    return idx, {"by": by, "parts": {k: [str(v) for v in ([p] if isinstance(p, str) else p)]
+                                     for k, p in (parts or {}).items()}}
+
+
 def split_dataset(
-    ds: PreparedDataset, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
+    ds: PreparedDataset, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0, *,
+    by: str | None = None, parts: Mapping[str, Any] | None = None,
 ) -> dict[str, PreparedDataset]:
-    """:func:`user_level_split` materialised as three datasets sharing the station table."""
-    parts = user_level_split(ds, fractions, seed)
-    return {
-        name: ds.subset(idx, split={"name": name, "seed": seed, "fractions": list(fractions)})
-        for name, idx in parts.items()
-    }
+    """:func:`user_level_split` (or, with ``by``, :func:`column_split` of ``parts``) materialised as
+    three datasets sharing the station table."""
+    idx, how = _split_parts(ds, fractions, seed, by, parts)
+    return {name: ds.subset(i, split={"name": name, **how}) for name, i in idx.items()}
 
 
 def save_splits(
@@ -460,14 +593,21 @@ def save_splits(
     *,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     seed: int = 0,
+    by: str | None = None,
+    parts: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> dict[str, PreparedDataset]:
-    """Write ``out/{train,val,test}`` as prepared datasets, atomically as one directory."""
-    parts = split_dataset(ds, fractions, seed)
+    """Write ``out/{train,val,test}`` as prepared datasets, atomically as one directory.
+
+    By fractions of users (:func:`user_level_split`), or with ``by`` by a samples column
+    (:func:`column_split`, e.g. ``by="part"``, ``parts={"train": ["real"], "val": ["val"],
+    "test": ["val"]}``)."""
+    idx, how = _split_parts(ds, fractions, seed, by, parts)
+    split = {name: ds.subset(i, split={"name": name, **how}) for name, i in idx.items()}
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        for name, part in parts.items():
+        for name, part in split.items():
             part.save(tmp / name)
         write_json(tmp / "meta.json", run_meta(
-            stage="split", seed=seed, fractions=list(fractions), source=ds.meta.get("source"),
-            counts={k: v.n_samples for k, v in parts.items()}))
-    return parts
+            stage="split", **how, source=ds.meta.get("source"),
+            counts={k: v.n_samples for k, v in split.items()}))
+    return split

@@ -6,6 +6,7 @@ Sources and their reader functions (each option is a keyword argument of the rea
 ``"shanghai-telecom"``        :func:`mstdiff.data.shanghai.prepare_shanghai`
 ``"app-usage"``               :func:`mstdiff.data.appusage.prepare_app_usage`
 ``"csv"``                     :func:`mstdiff.data.tabular.prepare_tabular` (CSV or Parquet)
+``"movesim"``                 :func:`mstdiff.data.movesim.prepare_movesim` (trajectories only)
 ``"synthetic"``               :func:`mstdiff.data.synthetic.synthetic_city` (no raw input)
 ============================  ==========================================================
 
@@ -30,7 +31,7 @@ from mstdiff.io import check_output_dir, run_meta
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("shanghai-telecom", "app-usage", "csv", "synthetic")
+SOURCES = ("shanghai-telecom", "app-usage", "csv", "movesim", "synthetic")
 
 
 def reader(source: str) -> Callable[..., PreparedDataset]:
@@ -47,6 +48,10 @@ def reader(source: str) -> Callable[..., PreparedDataset]:
         from mstdiff.data.tabular import prepare_tabular
 
         return prepare_tabular
+    if source == "movesim":
+        from mstdiff.data.movesim import prepare_movesim
+
+        return prepare_movesim
     if source == "synthetic":
         try:
             from mstdiff.data.synthetic import synthetic_city
@@ -106,7 +111,8 @@ def prepare(
     ``"synthetic"``. The output folder is written atomically; an existing one is replaced only
     with ``overwrite=True`` (checked before any work). Returns the dataset, whose ``meta`` holds
     source, bin_minutes, T, filters, counts, normalisation, traffic_unit, notes, the resolved
-    options, the creation command and the time taken.
+    options, the creation command and the time taken (a source without traffic, such as
+    ``"movesim"``, says ``has_traffic: false`` and has no normalisation).
     """
     fn = reader(source)
     _check_options(source, fn, options)
@@ -136,7 +142,10 @@ def prepare(
         samples=ds.n_samples, stations=ds.n_stations, users=int(ds.samples["user"].astype(str).nunique())
     )
     meta["counts"] = counts
-    meta["normalisation"] = normalisation_stats(ds.traffic)
+    if ds.has_traffic:
+        meta["normalisation"] = normalisation_stats(ds.traffic)
+    else:  # trajectories only: no traffic statistics
+        meta.pop("normalisation", None)
     resolved = {k: v for k, v in source_options(source).items() if v is not inspect.Parameter.empty}
     resolved.update(options)
     meta["options"] = dict(_jsonable(resolved), **meta.get("options", {}))

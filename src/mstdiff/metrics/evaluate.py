@@ -24,6 +24,15 @@ sets are first put on one station table by station id and coordinates
 training set) the report adds memorisation (:mod:`~mstdiff.metrics.privacy`) and train-on-synthetic
 test-on-real scores (:mod:`~mstdiff.metrics.utility`).
 
+A metric is **not applicable** (n/a) where a set lacks what it reads: traffic and joint metrics
+when the real set (or the reference) has no traffic (``has_traffic`` false, placeholder traffic, or
+traffic that is all zeros) or a generated set has none (``has_traffic`` false or a model's
+placeholder zeros, ``meta["placeholder"]``); trajectory and joint metrics likewise for placeholder
+locations. Such cells are not computed: NaN in :attr:`EvaluationResult.rows`, null in
+``metrics.json`` with the reason in ``not_applicable`` (set → metric → reason), "n/a" in
+``metrics.md``, never bold, left out of ratios; the plots and sanity statistics of what a set
+lacks are left out too (:func:`missing_data`).
+
 The report directory (written atomically) holds ``metrics.json`` (every value and draw, sizes,
 config, location classes, provenance), ``metrics.md`` (:mod:`~mstdiff.metrics.report`) and PNG plots
 under ``plots/``.
@@ -59,6 +68,8 @@ __all__ = [
     "get_metric",
     "metric_context",
     "compute_metrics",
+    "missing_data",
+    "not_applicable",
     "EvaluationResult",
     "evaluate",
     "evaluate_dirs",
@@ -213,6 +224,38 @@ def compute_metrics(real: Any, generated: Any, context: Mapping[str, Any],
     return out
 
 
+def missing_data(ds: PreparedDataset, *, real: bool = False) -> dict[str, str]:
+    """What ``ds`` lacks: ``{"traffic": why, "locations": why}`` for each of the two it has no data
+    of (empty: it has both). A real set (``real=True``) whose traffic is all zeros has none."""
+    out: dict[str, str] = {}
+    ph = ds.meta.get("placeholder")
+    ph = ph if isinstance(ph, dict) else {}
+    if ds.meta.get("has_traffic", True) is False:
+        out["traffic"] = "has no traffic (trajectories only)"
+    elif "traffic" in ph:
+        out["traffic"] = "placeholder traffic (zeros: its model does not generate traffic)"
+    elif real and not np.asarray(ds.traffic).any():
+        out["traffic"] = "its traffic is all zeros (no traffic recorded)"
+    if "locations" in ph:
+        out["locations"] = "placeholder locations (station 0: its model does not generate locations)"
+    return out
+
+
+def not_applicable(lacks: Mapping[str, Mapping[str, str]],
+                   metrics: Sequence[Metric] = METRICS) -> dict[str, str]:
+    """Metric → reason for the metrics that read data one of the compared sets lacks.
+
+    ``lacks``: set label (e.g. ``"the real set"``) → :func:`missing_data` of that set."""
+    out: dict[str, str] = {}
+    for m in metrics:
+        for label, missing in lacks.items():
+            kind = next((k for k in DATA_INPUTS if k in m.needs and k in missing), None)
+            if kind is not None:
+                out[m.name] = f"needs {kind}: {label} {missing[kind]}"
+                break
+    return out
+
+
 # --------------------------------------------------------------------------- result
 @dataclass
 class EvaluationResult:
@@ -234,6 +277,8 @@ class EvaluationResult:
     memorisation: dict[str, dict[str, Any]] = field(default_factory=dict)  # privacy.py
     utility: dict[str, dict[str, float]] = field(default_factory=dict)  # utility.py (TSTR)
     stations: dict[str, Any] = field(default_factory=dict)  # alignment counts
+    # set or "floor" -> metric -> why it is not computed (a set without traffic or locations)
+    not_applicable: dict[str, dict[str, str]] = field(default_factory=dict)
     out: Path | None = None
 
     @property
@@ -259,14 +304,27 @@ class EvaluationResult:
                    for name, vals in {**self.rows, **self.floor_rows}.items()]
         return pd.DataFrame.from_records(records).set_index("set")
 
+    def applicable(self, name: str, metric: str) -> bool:
+        """Whether ``metric`` applies to row ``name`` (a generated set or ``"floor"``)."""
+        return metric not in self.not_applicable.get(name, {})
+
+    def _nulls(self, table: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+        """``table`` with its not-applicable cells as None (null in JSON)."""
+        return {name: {k: (None if not self.applicable(name, k) else v) for k, v in row.items()}
+                for name, row in table.items()}
+
     def to_dict(self) -> dict[str, Any]:
+        ratio = self.ratio()
         return {
-            "metrics": self.rows,
-            "metrics_sd": self.sd,
-            "floor": self.floor_rows,
-            "floor_sd": self.floor_sd,
-            "ratio_to_floor": self.ratio(),
-            "draws": self.draws,
+            "metrics": self._nulls(self.rows),
+            "metrics_sd": self._nulls(self.sd),
+            "floor": self._nulls(self.floor_rows),
+            "floor_sd": self._nulls(self.floor_sd),
+            "ratio_to_floor": {name: {k: v if self.applicable(name, k) and self.applicable("floor", k)
+                                      else None for k, v in row.items()} for name, row in ratio.items()},
+            "not_applicable": self.not_applicable,
+            "draws": {name: {k: v if self.applicable(name, k) else [None] * len(v) for k, v in row.items()}
+                      for name, row in self.draws.items()},
             "sizes": self.sizes,
             "metric_info": {
                 m.name: {"lower_is_better": m.lower_is_better, "group": m.group, "needs": list(m.needs),
@@ -480,6 +538,15 @@ def evaluate(
             raise InputError("the reference set has no user that the real set lacks", where="--reference",
                              fix="use real data of other users (e.g. the train split against the test split)")
 
+    lacks_real = missing_data(real_al, real=True)
+    lacks_ref = missing_data(ref_used, real=True) if ref_used is not None else {}
+    na: dict[str, dict[str, str]] = {}
+    for name, g in gens.items():
+        na[name] = not_applicable({"the real set": lacks_real, name: missing_data(g)}, metrics)
+    if floor:
+        na["floor"] = not_applicable({"the real set": lacks_real, "the reference set": lacks_ref}, metrics)
+    na = {k: v for k, v in na.items() if v}
+
     errors: list[str] = []
     values: dict[str, dict[str, list[float]]] = {name: {m.name: [] for m in metrics} for name in gens}
     if floor:
@@ -513,12 +580,16 @@ def evaluate(
         ctx = metric_context(a, class_rule=classes.rule)
         ctx["max_distance"] = max_distance
         if b is not None:
-            for k, v in compute_metrics(a, b, ctx, metrics, errors=errors).items():
-                values["floor"][k].append(v)
+            got = compute_metrics(a, b, ctx, [m for m in metrics if m.name not in na.get("floor", {})],
+                                  errors=errors)
+            for m in metrics:
+                values["floor"][m.name].append(got.get(m.name, math.nan))  # NaN: not applicable
         for name, g in gens.items():
             gk = g if g.n_samples == n else g.subset(_trim(np.arange(g.n_samples), n, rng))
-            for k, v in compute_metrics(a, gk, ctx, metrics, errors=errors).items():
-                values[name][k].append(v)
+            got = compute_metrics(a, gk, ctx, [m for m in metrics if m.name not in na.get(name, {})],
+                                  errors=errors)
+            for m in metrics:
+                values[name][m.name].append(got.get(m.name, math.nan))
         if not floor and draws > 1 and n == U and all(g.n_samples == n for g in gens.values()):
             break  # nothing random left to draw
 
@@ -559,6 +630,7 @@ def evaluate(
     if max_samples is not None and any(g.n_samples > max_samples for g in generated.values()):
         notes.append(f"Sets larger than max_samples = {max_samples} were randomly subsampled.")
     notes.extend(f"Not computed: {e}" for e in errors)
+    notes.extend(_not_applicable_notes(na))
     notes.append(f"Location classes ({classes.rule} rule): {', '.join(classes.names)}.")
 
     unit = real.meta.get("traffic_unit")
@@ -581,10 +653,17 @@ def evaluate(
     cap = decode_cap(train if train is not None else real, upper)
     config["traffic_upper"] = upper
     config["decode_cap"] = cap
-    sanity = {"real": dataset_sanity(real, upper=upper, cap=cap)}
+
+    def has(ds: PreparedDataset, kind: str, is_real: bool = False) -> bool:
+        return kind not in missing_data(ds, real=is_real)
+
+    sanity = {"real": dataset_sanity(real, upper=upper, cap=cap, traffic=has(real, "traffic", True))}
     if reference is not None:
-        sanity["reference"] = dataset_sanity(reference, upper=upper, cap=cap)
-    sanity.update({str(k): dataset_sanity(v, upper=upper, cap=cap) for k, v in generated.items()})
+        sanity["reference"] = dataset_sanity(reference, upper=upper, cap=cap,
+                                             traffic=has(reference, "traffic", True))
+    sanity.update({str(k): dataset_sanity(v, upper=upper, cap=cap, traffic=has(v, "traffic"),
+                                          locations=has(v, "locations"))
+                   for k, v in generated.items()})
     warnings = [f"{name}: {p}" for name in generated
                 for p in sanity_problems(sanity["real"], sanity[str(name)])]
 
@@ -595,8 +674,11 @@ def evaluate(
         from mstdiff.metrics.utility import tstr
 
         t1 = time.perf_counter()
-        memo = memorisation(train_al, real_al, dict(aligned.sets), rng=rng)
-        util = tstr(train_al, real_al, dict(aligned.sets))
+        real_traffic = has(train_al, "traffic", True) and has(real_al, "traffic", True)
+        no_traffic = [k for k, g in aligned.sets.items() if not has(g, "traffic")]
+        memo = memorisation(train_al, real_al, dict(aligned.sets), rng=rng, traffic=real_traffic,
+                            no_traffic=no_traffic)
+        util = tstr(train_al, real_al, dict(aligned.sets), traffic=real_traffic, no_traffic=no_traffic)
         logger.info("memorisation and TSTR in %.2f s", time.perf_counter() - t1)
         warnings += [f"{name}: memorises its training set (copies or near copies)"
                      for name, row in memo.items() if row.get("flagged")]
@@ -604,7 +686,8 @@ def evaluate(
     result = EvaluationResult(rows=rows, sd=sd, floor_rows=floor_rows, floor_sd=floor_sd, draws=values,
                               sizes=sizes, notes=notes, warnings=warnings, config=config,
                               location_classes=classes.to_dict(), sanity=sanity, memorisation=memo,
-                              utility=util, stations=station_info, metrics=metrics)
+                              utility=util, stations=station_info, metrics=metrics,
+                              not_applicable=na)
     for w in warnings:
         logger.warning("OUT OF THE REAL RANGE: %s", w)
     logger.info("metrics of %d set(s) over %d draw(s) in %.2f s", len(gens), len(n_used),
@@ -618,7 +701,9 @@ def evaluate(
                 from mstdiff.metrics.plots import write_plots
 
                 sets = {"real": real_used, **gens}
-                paths = write_plots(sets, tmp / "plots", classes=classes, rng=rng)
+                paths = write_plots(sets, tmp / "plots", classes=classes, rng=rng,
+                                    traffic=[k for k, v in sets.items() if has(v, "traffic", k == "real")],
+                                    locations=[k for k, v in sets.items() if has(v, "locations")])
                 result.plots = [str(p.relative_to(tmp)) for p in paths]
             payload = dict(result.to_dict(), run_meta=run_meta())
             write_json(tmp / "metrics.json", payload)
@@ -626,6 +711,21 @@ def evaluate(
         result.out = out
         logger.info("wrote %s in %.2f s", out, time.perf_counter() - t0)
     return result
+
+
+def _not_applicable_notes(na: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """One note per reason: which rows and metrics are n/a and why."""
+    by_reason: dict[str, dict[str, list[str]]] = {}
+    for name, row in na.items():
+        for metric, why in row.items():
+            by_reason.setdefault(why, {}).setdefault(name, []).append(metric)
+    out = []
+    for why, rows in by_reason.items():
+        metrics = next(iter(rows.values()))
+        what = ", ".join(metrics) if all(v == metrics for v in rows.values()) else "some metrics"
+        out.append(f"n/a (not applicable, not computed) in row(s) {', '.join(rows)}: {what}. "
+                   f"Reason: each {why}.")
+    return out
 
 
 def evaluate_dirs(

@@ -3,12 +3,17 @@
 Figures are drawn on the Agg canvas directly (no pyplot state), so the module works headless
 and never changes the caller's matplotlib backend. Every function takes ``sets``, an ordered
 mapping name → dataset whose first entry is the real set, and writes one PNG.
+
+A set without traffic (trajectories only, or a model's placeholder zeros) is left out of the
+traffic panels and plots, and one with placeholder locations out of the trajectory ones
+(:func:`write_plots` ``traffic`` / ``locations``); where the real set lacks traffic, the traffic
+plots are not drawn at all.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,28 +78,41 @@ def _signed_log1p(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.log1p(np.abs(x))
 
 
-def distribution_values(ds: Any, bin_minutes: int | None = None) -> dict[str, np.ndarray]:
+def distribution_values(ds: Any, bin_minutes: int | None = None, *, traffic: bool = True,
+                        locations: bool = True) -> dict[str, np.ndarray]:
     """The per-slot / per-sample quantities behind the metrics, for plotting.
 
     Keys: ``traffic volume`` (log1p m), ``traffic difference`` (signed log1p of Δm), ``daily
     periodic`` (periodic strength), ``distance`` (log1p km), ``radius`` (log1p km), ``distinctloc``,
-    ``duration`` (slots).
+    ``duration`` (slots). ``traffic=False`` (``locations=False``) leaves out the traffic
+    (trajectory) ones.
     """
     bm = int(bin_minutes if bin_minutes is not None else ds.bin_minutes)
     coords = ds.coords
-    out = {
-        "traffic volume": np.log1p(_thin(ds.traffic)),
-        "traffic difference": _signed_log1p(_thin(traffic_differences(ds.traffic))),
-        "distance": np.log1p(_thin(trajectory.step_distances(ds.locations, coords))),
-        "radius": np.log1p(trajectory.radius_of_gyration(ds.locations, coords)),
-        "distinctloc": trajectory.distinct_locations(ds.locations) / max(ds.T, 1),
-        "duration": trajectory.stay_durations(ds.locations).astype(np.float64),
-    }
-    try:
-        out["daily periodic"] = periodic_strength(ds.traffic, bm)
-    except ValueError as exc:  # window shorter than a day (InputError is a ValueError)
-        logger.info("no periodic panel: %s", exc)
+    out: dict[str, np.ndarray] = {}
+    if traffic:
+        out["traffic volume"] = np.log1p(_thin(ds.traffic))
+        out["traffic difference"] = _signed_log1p(_thin(traffic_differences(ds.traffic)))
+    if locations:
+        out.update({
+            "distance": np.log1p(_thin(trajectory.step_distances(ds.locations, coords))),
+            "radius": np.log1p(trajectory.radius_of_gyration(ds.locations, coords)),
+            "distinctloc": trajectory.distinct_locations(ds.locations) / max(ds.T, 1),
+            "duration": trajectory.stay_durations(ds.locations).astype(np.float64),
+        })
+    if traffic:
+        try:
+            out["daily periodic"] = periodic_strength(ds.traffic, bm)
+        except ValueError as exc:  # window shorter than a day (InputError is a ValueError)
+            logger.info("no periodic panel: %s", exc)
     return out
+
+
+def _having(sets: Mapping[str, Any], names: Collection[str] | None, attr: str) -> list[str]:
+    """Names of the sets that have ``attr`` ("traffic" / "locations"): ``names``, or by their flags."""
+    if names is not None:
+        return [n for n in sets if n in names]
+    return [n for n, ds in sets.items() if getattr(ds, f"has_{attr}", True)]
 
 
 _XLABEL = {
@@ -138,76 +156,97 @@ def _hist_panel(ax: Any, title: str, values: dict[str, np.ndarray], colors: list
 
 
 def plot_distributions(sets: Mapping[str, Any], path: Path, *, classes: joint.LocationClasses | None = None,
+                       traffic: Collection[str] | None = None, locations: Collection[str] | None = None,
                        ) -> Path:
-    """One panel per metric distribution (real vs each generated set), like a paper figure."""
+    """One panel per metric distribution (real vs each generated set), like a paper figure.
+
+    ``traffic`` / ``locations``: names of the sets that have them (default: by their
+    ``has_traffic`` / ``has_locations``); the others are left out of those panels, and a panel is
+    drawn only where the real set has what it shows."""
     names = list(sets)
-    colors = _colors(len(names))
+    color = dict(zip(names, _colors(len(names))))
     real = sets[names[0]]
-    per_set = {name: distribution_values(ds, real.bin_minutes) for name, ds in sets.items()}
+    tr = _having(sets, traffic, "traffic")
+    lo = _having(sets, locations, "locations")
+    tr = tr if names[0] in tr else []
+    lo = lo if names[0] in lo else []
+    both = [n for n in tr if n in lo]
+    per_set = {name: distribution_values(ds, real.bin_minutes, traffic=name in tr, locations=name in lo)
+               for name, ds in sets.items()}
     keys = [k for k in _XLABEL if k in per_set[names[0]]]
-    n_panels = len(keys) + 4
+    n_panels = len(keys) + (3 if lo else 0) + (1 if both else 0)
     ncols = 4
-    nrows = int(np.ceil(n_panels / ncols))
+    nrows = max(1, int(np.ceil(n_panels / ncols)))
     fig = _new_figure(4.0 * ncols, 3.2 * nrows)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, key in zip(axes, keys):
-        _hist_panel(ax, key, {n: per_set[n][key] for n in names}, colors,
-                    discrete=key in ("distinctloc", "duration"))
+        vals = {n: per_set[n][key] for n in names if key in per_set[n]}
+        _hist_panel(ax, key, vals, [color[n] for n in vals], discrete=key in ("distinctloc", "duration"))
     i = len(keys)
 
-    # G-rank: global visit frequency by each set's own station rank (top 10 %)
-    ax = axes[i]
-    k = trajectory.top_count(real.n_stations)
-    for (n, ds), col in zip(sets.items(), colors):
-        prof = trajectory.global_rank_profile(ds.locations, real.n_stations)
-        ax.plot(np.arange(1, k + 1), prof[:k], label=n, color=col, lw=1.2)
-    ax.set_yscale("log")
-    ax.set_title("G-rank")
-    ax.set_xlabel("global rank of the station (top 10 %)")
-    ax.set_ylabel("visit share")
+    if lo:
+        # G-rank: global visit frequency by each set's own station rank (top 10 %)
+        ax = axes[i]
+        k = trajectory.top_count(real.n_stations)
+        for n in lo:
+            prof = trajectory.global_rank_profile(sets[n].locations, real.n_stations)
+            ax.plot(np.arange(1, k + 1), prof[:k], label=n, color=color[n], lw=1.2)
+        ax.set_yscale("log")
+        ax.set_title("G-rank")
+        ax.set_xlabel("global rank of the station (top 10 %)")
+        ax.set_ylabel("visit share")
 
-    # Home cell: where the samples' main stations lie, on the real set's quantile grid
-    ax = axes[i + 1]
-    q = np.arange(1, trajectory.HOME_GRID) / trajectory.HOME_GRID
-    rc = real.coords[np.asarray(real.locations).ravel()]
-    lat_cuts, lon_cuts = np.unique(np.quantile(rc[:, 0], q)), np.unique(np.quantile(rc[:, 1], q))
-    n_cells = (lat_cuts.size + 1) * (lon_cuts.size + 1)
-    for (n, ds), col in zip(sets.items(), colors):
-        h = np.bincount(trajectory.home_cells(ds.locations, ds.coords, lat_cuts, lon_cuts), minlength=n_cells)
-        ax.plot(np.arange(n_cells), h / max(h.sum(), 1), marker=".", label=n, color=col, lw=1.0)
-    ax.set_title("home cell")
-    ax.set_xlabel("grid cell of the main station")
-    ax.set_ylabel("share of samples")
+        # Home cell: where the samples' main stations lie, on the real set's quantile grid
+        ax = axes[i + 1]
+        q = np.arange(1, trajectory.HOME_GRID) / trajectory.HOME_GRID
+        rc = real.coords[np.asarray(real.locations).ravel()]
+        lat_cuts, lon_cuts = np.unique(np.quantile(rc[:, 0], q)), np.unique(np.quantile(rc[:, 1], q))
+        n_cells = (lat_cuts.size + 1) * (lon_cuts.size + 1)
+        for n in lo:
+            ds = sets[n]
+            h = np.bincount(trajectory.home_cells(ds.locations, ds.coords, lat_cuts, lon_cuts),
+                            minlength=n_cells)
+            ax.plot(np.arange(n_cells), h / max(h.sum(), 1), marker=".", label=n, color=color[n], lw=1.0)
+        ax.set_title("home cell")
+        ax.set_xlabel("grid cell of the main station")
+        ax.set_ylabel("share of samples")
 
-    # I-rank: mean visit frequency by own rank
-    ax = axes[i + 2]
-    for (n, ds), col in zip(sets.items(), colors):
-        prof = trajectory.rank_profile(ds.locations)
-        r = min(prof.size, 20)
-        ax.plot(np.arange(1, r + 1), prof[:r], marker=".", label=n, color=col, lw=1.2)
-    ax.set_yscale("log")
-    ax.set_title("I-rank")
-    ax.set_xlabel("own rank of the station")
-    ax.set_ylabel("visit frequency")
+        # I-rank: mean visit frequency by own rank
+        ax = axes[i + 2]
+        for n in lo:
+            prof = trajectory.rank_profile(sets[n].locations)
+            r = min(prof.size, 20)
+            ax.plot(np.arange(1, r + 1), prof[:r], marker=".", label=n, color=color[n], lw=1.2)
+        ax.set_yscale("log")
+        ax.set_title("I-rank")
+        ax.set_xlabel("own rank of the station")
+        ax.set_ylabel("visit frequency")
+        i += 3
 
-    # Joint: share of each (class, traffic level) cell
-    ax = axes[i + 3]
-    if classes is None:
-        classes = joint.location_classes(real.stations, real.locations)
-    edges = joint.level_edges(real.traffic)
-    n_lev = edges.size + 2
-    for (n, ds), col in zip(sets.items(), colors):
-        h = joint.joint_histogram(ds.traffic, ds.locations, classes.codes, classes.n_classes, edges).ravel()
-        ax.stairs(h / max(h.sum(), 1.0), np.arange(h.size + 1), label=n, color=col, lw=1.2)
-    for ci in range(1, classes.n_classes):
-        ax.axvline(ci * n_lev, color="0.85", lw=0.8, zorder=0)
-    ax.set_xticks((np.arange(classes.n_classes) + 0.5) * n_lev)
-    ax.set_xticklabels([str(x)[:8] for x in classes.names], rotation=60, fontsize=7)
-    ax.set_title(f"joint: (location class, traffic level 0..{n_lev - 1})")
-    ax.set_ylabel("share of slots")
+    if both:
+        # Joint: share of each (class, traffic level) cell
+        ax = axes[i]
+        if classes is None:
+            classes = joint.location_classes(real.stations, real.locations)
+        edges = joint.level_edges(real.traffic)
+        n_lev = edges.size + 2
+        for n in both:
+            ds = sets[n]
+            h = joint.joint_histogram(ds.traffic, ds.locations, classes.codes, classes.n_classes,
+                                      edges).ravel()
+            ax.stairs(h / max(h.sum(), 1.0), np.arange(h.size + 1), label=n, color=color[n], lw=1.2)
+        for ci in range(1, classes.n_classes):
+            ax.axvline(ci * n_lev, color="0.85", lw=0.8, zorder=0)
+        ax.set_xticks((np.arange(classes.n_classes) + 0.5) * n_lev)
+        ax.set_xticklabels([str(x)[:8] for x in classes.names], rotation=60, fontsize=7)
+        ax.set_title(f"joint: (location class, traffic level 0..{n_lev - 1})")
+        ax.set_ylabel("share of slots")
     for ax in axes[n_panels:]:
         ax.set_visible(False)
-    axes[0].legend(fontsize=8)
+    if n_panels:
+        handles = {label: h for a in axes[:n_panels] for h, label in zip(*a.get_legend_handles_labels())}
+        axes[0].legend([handles[n] for n in names if n in handles], [n for n in names if n in handles],
+                       fontsize=8)
     return _save(fig, path)
 
 
@@ -331,12 +370,28 @@ def plot_class_profiles(sets: Mapping[str, Any], path: Path, classes: joint.Loca
 
 
 def write_plots(sets: Mapping[str, Any], directory: Path, *, classes: joint.LocationClasses,
-                rng: np.random.Generator) -> list[Path]:
-    """All report plots into ``directory``; returns their paths."""
+                rng: np.random.Generator, traffic: Collection[str] | None = None,
+                locations: Collection[str] | None = None) -> list[Path]:
+    """All report plots into ``directory``; returns their paths.
+
+    ``traffic`` / ``locations``: names of the sets that have them (default: by the sets'
+    ``has_traffic`` / ``has_locations``). The traffic series and class profiles are drawn for the
+    sets with traffic (not at all where the real set has none), the trajectory map for the sets
+    with locations."""
     directory = Path(directory)
-    return [
-        plot_distributions(sets, directory / "distributions.png", classes=classes),
-        plot_series(sets, directory / "series.png", rng=rng),
-        plot_trajectories(sets, directory / "trajectories.png", rng=rng),
-        plot_class_profiles(sets, directory / "class_profiles.png", classes),
-    ]
+    names = list(sets)
+    tr = _having(sets, traffic, "traffic")
+    lo = _having(sets, locations, "locations")
+    tr = tr if names and names[0] in tr else []
+    lo = lo if names and names[0] in lo else []
+    both = [n for n in tr if n in lo]
+    paths = [plot_distributions(sets, directory / "distributions.png", classes=classes, traffic=tr,
+                                locations=lo)]
+    if tr:
+        paths.append(plot_series({n: sets[n] for n in tr}, directory / "series.png", rng=rng))
+    if lo:
+        paths.append(plot_trajectories({n: sets[n] for n in lo}, directory / "trajectories.png", rng=rng))
+    if both:
+        paths.append(plot_class_profiles({n: sets[n] for n in both}, directory / "class_profiles.png",
+                                         classes))
+    return paths

@@ -20,6 +20,11 @@ with a held-out real set H (records it did not see; the evaluation's real set):
   member recognised). A generator that copies a share c of a training set of size |Tr| raises it
   by only about c · |G| / (2 |Tr|), so it is a weak signal next to the copy share and the DCR.
 
+Without traffic (``traffic=False``: the real sets have none; ``no_traffic``: generated sets with
+none, e.g. a trajectory model's placeholder zeros) the distance is the location term alone and
+``copy_share`` (which compares traffic) is None; for a generated set without traffic its DCR
+ratios are taken against H's location-only DCR. ``traffic_used`` says which applied.
+
 ``flagged`` is true when G copies more than H does by chance (a copy share, whole samples or moving
 location sequences, above H's by more than ``max(2 %, 3 standard errors)``), when its DCR 5th
 percentile ratio is below 0.5, or when the MIA AUC exceeds 0.6.
@@ -27,6 +32,7 @@ percentile ratio is below 0.5, or when the MIA AUC exceeds 0.6.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -63,17 +69,23 @@ def _margin(p: float, n: int) -> float:
     return max(0.02, 3 * float(np.sqrt(max(p, 1.0 / max(n, 1)) * (1 - p) / max(n, 1))))
 
 
-def distance_to_closest(q_loc: np.ndarray, q_m: np.ndarray, r_loc: np.ndarray, r_m: np.ndarray,
+def distance_to_closest(q_loc: np.ndarray, q_m: np.ndarray | None, r_loc: np.ndarray, r_m: np.ndarray | None,
                         scale: float) -> np.ndarray:
-    """For each query sample, ``min_y d(x, y)`` over the reference samples (see the module), ``[Q]``."""
+    """For each query sample, ``min_y d(x, y)`` over the reference samples (see the module), ``[Q]``.
+
+    With ``q_m`` or ``r_m`` None the distance is the location term alone (sets without traffic)."""
     q_loc = np.asarray(q_loc)
     r_loc = np.asarray(r_loc)
-    q_m = np.asarray(q_m, dtype=np.float32) / np.float32(scale)
-    r_m = np.asarray(r_m, dtype=np.float32) / np.float32(scale)
+    use_m = q_m is not None and r_m is not None
+    if use_m:
+        q_m = np.asarray(q_m, dtype=np.float32) / np.float32(scale)
+        r_m = np.asarray(r_m, dtype=np.float32) / np.float32(scale)
     out = np.empty(q_loc.shape[0])
     for s in range(0, q_loc.shape[0], CHUNK):
-        ql, qm = q_loc[s:s + CHUNK, None, :], q_m[s:s + CHUNK, None, :]
-        d = (ql != r_loc[None]).mean(axis=2) + np.abs(qm - r_m[None]).mean(axis=2)
+        ql = q_loc[s:s + CHUNK, None, :]
+        d = (ql != r_loc[None]).mean(axis=2)
+        if use_m:
+            d = d + np.abs(q_m[s:s + CHUNK, None, :] - r_m[None]).mean(axis=2)  # type: ignore[index]
         out[s:s + CHUNK] = d.min(axis=1)
     return out
 
@@ -97,42 +109,64 @@ def mia_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:
 
 
 def memorisation(train: Any, heldout: Any, generated: dict[str, Any], *,
-                 rng: np.random.Generator) -> dict[str, dict[str, float]]:
+                 rng: np.random.Generator, traffic: bool = True,
+                 no_traffic: Collection[str] = ()) -> dict[str, dict[str, Any]]:
     """Memorisation statistics (module docstring) of every generated set and of ``heldout`` itself.
 
     All sets must be on one station table (:func:`mstdiff.metrics.stations.align_stations`).
     The row ``heldout`` gives the chance level (its DCR ratios are 1 by definition).
+    ``traffic=False``: the real sets have no traffic; ``no_traffic``: names of generated sets
+    without traffic (both: location-only distances, no ``copy_share``).
     """
-    tl, tm = train.locations, train.traffic
-    scale = float(np.std(tm)) or 1.0
-    h_dcr = distance_to_closest(heldout.locations, heldout.traffic, tl, tm, scale)
-    h_p5, h_med = float(np.quantile(h_dcr, 0.05)), float(np.median(h_dcr))
+    tl = train.locations
+    tm = train.traffic if traffic else None
+    scale = (float(np.std(tm)) or 1.0) if tm is not None else 1.0
+
+    def dcr_stats(with_m: bool) -> tuple[float, float]:
+        d = distance_to_closest(heldout.locations, heldout.traffic if with_m else None, tl,
+                                tm if with_m else None, scale)
+        return float(np.quantile(d, 0.05)), float(np.median(d))
+
+    h_dcr = {traffic: dcr_stats(traffic)}
+    h_p5, h_med = h_dcr[traffic]
     n_mem = min(heldout.n_samples, train.n_samples)
     members = np.sort(rng.choice(train.n_samples, size=n_mem, replace=False))
     h_copy_loc = _copy_share((heldout.locations,), (tl,))
-    h_copy = _copy_share((heldout.locations, heldout.traffic), (tl, tm))
+    h_copy = _copy_share((heldout.locations, heldout.traffic), (tl, tm)) if tm is not None else None
     loc_keys = _row_keys(tl)
     h_moving = _moving_copy_share(heldout.locations, loc_keys)
-    out: dict[str, dict[str, float]] = {
+    out: dict[str, dict[str, Any]] = {
         "heldout": {"n": heldout.n_samples, "copy_loc_share": h_copy_loc, "copy_moving_share": h_moving,
                     "copy_share": h_copy,
                     "dcr_p5": h_p5, "dcr_median": h_med, "dcr_p5_ratio": 1.0,
-                    "dcr_median_ratio": 1.0, "mia_auc": float("nan"), "flagged": False}}
+                    "dcr_median_ratio": 1.0, "mia_auc": float("nan"), "flagged": False,
+                    "traffic_used": traffic}}
     for name, g in generated.items():
-        dcr = distance_to_closest(g.locations, g.traffic, tl, tm, scale)
+        use_m = traffic and name not in no_traffic
+        if use_m not in h_dcr:
+            h_dcr[use_m] = dcr_stats(use_m)
+        hp5, hmed = h_dcr[use_m]
+        gm, mm = (g.traffic, tm) if use_m else (None, None)
+        dcr = distance_to_closest(g.locations, gm, tl, mm, scale)
         p5, med = float(np.quantile(dcr, 0.05)), float(np.median(dcr))
-        s_mem = distance_to_closest(tl[members], tm[members], g.locations, g.traffic, scale)
-        s_non = distance_to_closest(heldout.locations, heldout.traffic, g.locations, g.traffic, scale)
-        row = {"n": g.n_samples,
-               "copy_loc_share": _copy_share((g.locations,), (tl,)),
-               "copy_moving_share": _moving_copy_share(g.locations, loc_keys),
-               "copy_share": _copy_share((g.locations, g.traffic), (tl, tm)),
-               "dcr_p5": p5, "dcr_median": med,
-               "dcr_p5_ratio": p5 / h_p5 if h_p5 > 0 else float("nan"),
-               "dcr_median_ratio": med / h_med if h_med > 0 else float("nan"),
-               "mia_auc": mia_auc(s_mem, s_non)}
+        s_mem = distance_to_closest(tl[members], mm[members] if mm is not None else None, g.locations, gm,
+                                    scale)
+        s_non = distance_to_closest(heldout.locations, heldout.traffic if use_m else None, g.locations, gm,
+                                    scale)
+        row: dict[str, Any] = {
+            "n": g.n_samples,
+            "copy_loc_share": _copy_share((g.locations,), (tl,)),
+            "copy_moving_share": _moving_copy_share(g.locations, loc_keys),
+            "copy_share": (_copy_share((g.locations, g.traffic), (tl, tm))
+                           if use_m and tm is not None else None),
+            "dcr_p5": p5, "dcr_median": med,
+            "dcr_p5_ratio": p5 / hp5 if hp5 > 0 else float("nan"),
+            "dcr_median_ratio": med / hmed if hmed > 0 else float("nan"),
+            "mia_auc": mia_auc(s_mem, s_non), "traffic_used": use_m}
+        copies = (row["copy_share"] is not None and h_copy is not None
+                  and row["copy_share"] > h_copy + _margin(h_copy, g.n_samples))
         row["flagged"] = bool(
-            row["copy_share"] > h_copy + _margin(h_copy, g.n_samples)
+            copies
             or row["copy_moving_share"] > h_moving + _margin(h_moving, g.n_samples)
             or (np.isfinite(row["dcr_p5_ratio"]) and row["dcr_p5_ratio"] < 0.5)
             or row["mia_auc"] > 0.6)

@@ -10,6 +10,9 @@ its mean beats the second best by more than the spread ``sqrt(s_best² + s_secon
 row's ``s`` is its sd over the draws, or the floor's sd where the row's is 0 (a model row is
 deterministic when the whole real set and the whole generated set are compared in every draw;
 the floor's sd is then the sampling noise of a set of that size).
+
+A cell that is not applicable (:attr:`EvaluationResult.not_applicable`: a set without traffic or
+locations) reads "n/a", is never bold and has no ratio.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import Any
 from mstdiff.metrics.evaluate import EvaluationResult, metric_unit
 
 __all__ = ["render_markdown", "bold_cells", "fmt"]
+
+NA = "n/a"
 
 
 def fmt(v: float | None, digits: int = 4) -> str:
@@ -41,13 +46,17 @@ def _spread(res: EvaluationResult, name: str, metric: str, floor_sd: dict[str, f
     return sd
 
 
+def _applies(res: EvaluationResult, name: str, metric: str) -> bool:
+    return metric not in getattr(res, "not_applicable", {}).get(name, {})
+
+
 def bold_cells(res: EvaluationResult) -> dict[str, str]:
     """Metric → the set whose cell is bold (see the module docstring)."""
     out: dict[str, str] = {}
     floor_sd = res.floor_sd.get("floor", {})
     for m in res.metrics:
         cand = [(v[m.name], name) for name, v in res.rows.items()
-                if math.isfinite(v.get(m.name, math.nan))]
+                if math.isfinite(v.get(m.name, math.nan)) and _applies(res, name, m.name)]
         if len(cand) < 2:
             continue
         cand.sort(reverse=not m.lower_is_better)
@@ -70,13 +79,16 @@ def _metrics_table(res: EvaluationResult, bold: dict[str, str]) -> list[str]:
         cells = []
         for m in res.metrics:
             s = res.sd.get(name, {}).get(m.name, math.nan)
+            if not _applies(res, name, m.name):
+                cells.append(NA)
+                continue
             c = _pm(row.get(m.name, math.nan), math.nan if s == 0 else s)
             cells.append(f"**{c}**" if bold.get(m.name) == name else c)
         lines.append(f"| {name} | {n} / {n} | " + " | ".join(cells) + " |")
     for label, frow in res.floor_rows.items():
         n = res.sizes.get(label, {}).get("n", "")
         cells = [_pm(frow.get(m.name, math.nan), res.floor_sd.get(label, {}).get(m.name, math.nan))
-                 for m in res.metrics]
+                 if _applies(res, label, m.name) else NA for m in res.metrics]
         lines.append(f"| **{label}** | {n} / {n} | " + " | ".join(cells) + " |")
     return lines
 
@@ -86,7 +98,9 @@ def _ratio_table(res: EvaluationResult) -> list[str]:
     lines = ["| set | " + " | ".join(m.name for m in res.metrics) + " |",
              "|:---|" + "---:|" * len(res.metrics)]
     for name, row in ratio.items():
-        lines.append(f"| {name} | " + " | ".join(fmt(row.get(m.name), 2) for m in res.metrics) + " |")
+        lines.append(f"| {name} | " + " | ".join(
+            fmt(row.get(m.name), 2) if _applies(res, name, m.name) and _applies(res, "floor", m.name) else NA
+            for m in res.metrics) + " |")
     return lines
 
 
@@ -115,6 +129,9 @@ def _legend(res: EvaluationResult, bold: dict[str, str]) -> list[str]:
         lines.append(f"**floor**: the same metrics between {what}: what a fresh draw of real users "
                      "scores, the best a generator can show. Each model row compares the same real side "
                      "with n samples of the generated set.")
+    if any(getattr(res, "not_applicable", {}).values()):
+        lines.append("n/a: not applicable, not computed: the metric reads traffic (or locations) that a "
+                     "compared set does not have (see the notes and metrics.json `not_applicable`).")
     if bold:
         lines.append("**Bold**: the best generated set of a column, only where it beats the second best "
                      "by more than their combined spread (sd over draws; the floor's where a row's is 0).")
@@ -137,11 +154,14 @@ def _memo_table(memo: dict[str, dict[str, Any]]) -> list[str]:
             "exact copies: (locations, traffic)",
             "DCR p5", "DCR median", "DCR p5 / held-out", "DCR median / held-out", "MIA AUC", "flag"]
     lines = ["| " + " | ".join(head) + " |", "|:---|" + "---:|" * (len(head) - 1)]
+    def pct(v: Any) -> str:
+        return NA if v is None else f"{100 * v:.1f} %"
+
     for name, r in memo.items():
         label = "held-out real (chance level)" if name == "heldout" else name
         lines.append(
             f"| {label} | {r['n']} | {100 * r['copy_loc_share']:.1f} % | "
-            f"{100 * r.get('copy_moving_share', float('nan')):.1f} % | {100 * r['copy_share']:.1f} % | "
+            f"{100 * r.get('copy_moving_share', float('nan')):.1f} % | {pct(r.get('copy_share'))} | "
             f"{fmt(r['dcr_p5'], 3)} | {fmt(r['dcr_median'], 3)} | {fmt(r['dcr_p5_ratio'], 2)} | "
             f"{fmt(r['dcr_median_ratio'], 2)} | {fmt(r['mia_auc'], 3)} | "
             f"{'**COPIES**' if r.get('flagged') else ''} |")
@@ -157,7 +177,10 @@ def _utility_table(util: dict[str, dict[str, float]], unit: str | None) -> list[
     for name, r in util.items():
         cells = []
         for key, _ in cols:
-            v = r.get(key, math.nan)
+            if key not in r:  # a traffic score of a set without traffic (or of windows too short)
+                cells.append(NA)
+                continue
+            v = r[key]
             ratio = r.get(f"{key}_ratio")
             cells.append(fmt(v, 3) + (f" ({fmt(ratio, 2)})" if ratio is not None else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -193,7 +216,9 @@ def render_markdown(res: EvaluationResult) -> str:
                 "distance to the closest generated sample (0.5 = no leak). **COPIES**: copies (whole "
                 "samples, "
                 "or location sequences of samples that visit 2+ stations) above chance by more than "
-                "max(2 %, 3 s.e.), DCR p5 ratio < 0.5 or AUC > 0.6 (`mstdiff.metrics.privacy`).", ""]
+                "max(2 %, 3 s.e.), DCR p5 ratio < 0.5 or AUC > 0.6 (`mstdiff.metrics.privacy`)."
+                + (" For a set without traffic (n/a) the distance is the location term alone."
+                   if any(r.get("traffic_used") is False for r in res.memorisation.values()) else ""), ""]
         out += _memo_table(res.memorisation)
     if res.utility:
         out += ["", "## Usefulness: train on synthetic, test on real (TSTR)", "",

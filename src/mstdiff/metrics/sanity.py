@@ -16,6 +16,11 @@ numbers cannot. Each is a per-set summary, computed the same way for real and ge
 - ``changes_per_sample``: mean number of slots whose station differs from the previous slot's;
 - ``mean_traffic``: mean traffic per slot; ``mean_by_hour``: mean traffic per hour of day
   (JSON only).
+
+For a set without traffic (``traffic=False``: trajectories only, a model's placeholder zeros, a
+real set of all-zero traffic) the traffic statistics are NaN ("n/a" in the table, never a
+problem) and ``has_traffic`` is false; likewise the trajectory statistics for placeholder
+locations (``has_locations`` false).
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ def decode_cap(train: Any, upper: float | None) -> float | None:
     if upper is not None:
         return None
     t = np.asarray(getattr(train, "traffic", np.zeros(0)))
-    return float(2 * t.max()) if t.size else None
+    if not getattr(train, "has_traffic", True) or not t.size or not t.max() > 0:
+        return None  # no traffic to cap at
+    return float(2 * t.max())
 
 
 def traffic_upper(ds: Any) -> float | None:
@@ -47,12 +54,29 @@ def traffic_upper(ds: Any) -> float | None:
     return None
 
 
+TRAFFIC_STATS = ("zero_share", "full_share", "above_share", "cap_share", "max_traffic", "at_own_max_share",
+                 "mean_traffic")
+LOCATION_STATS = ("distinct_per_sample", "changes_per_sample")
+
+
 def sanity_stats(traffic: np.ndarray, locations: np.ndarray, *, upper: float | None,
-                 bin_minutes: float | None = None, cap: float | None = None) -> dict[str, Any]:
-    """The statistics above for ``traffic (U, T)`` and ``locations (U, T)``."""
+                 bin_minutes: float | None = None, cap: float | None = None, has_traffic: bool = True,
+                 has_locations: bool = True) -> dict[str, Any]:
+    """The statistics above for ``traffic (U, T)`` and ``locations (U, T)``; without traffic
+    (locations) the traffic (trajectory) statistics are NaN."""
     m = np.asarray(traffic, dtype=np.float64)
     loc = np.asarray(locations)
     out: dict[str, Any] = {"n": int(m.shape[0]) if m.ndim == 2 else 0}
+    if not has_traffic:
+        out.update({k: float("nan") for k in TRAFFIC_STATS}, has_traffic=False)
+    if not has_locations:
+        out.update({k: float("nan") for k in LOCATION_STATS}, has_locations=False)
+    if not has_traffic or not has_locations:
+        rest = sanity_stats(m, loc, upper=upper, bin_minutes=bin_minutes, cap=cap)
+        keep = (TRAFFIC_STATS + ("mean_by_hour",) if has_traffic else ()) + (LOCATION_STATS if has_locations
+                                                                             else ())
+        out.update({k: v for k, v in rest.items() if k in keep})
+        return out
     n = m.size
     out["zero_share"] = float((m == 0).mean()) if n else float("nan")
     if upper is not None and n:
@@ -77,10 +101,14 @@ def sanity_stats(traffic: np.ndarray, locations: np.ndarray, *, upper: float | N
     return out
 
 
-def dataset_sanity(ds: Any, *, upper: float | None, cap: float | None = None) -> dict[str, Any]:
-    """:func:`sanity_stats` of a prepared dataset."""
+def dataset_sanity(ds: Any, *, upper: float | None, cap: float | None = None, traffic: bool | None = None,
+                   locations: bool | None = None) -> dict[str, Any]:
+    """:func:`sanity_stats` of a prepared dataset. ``traffic`` / ``locations``: whether the set has
+    them (default: its ``has_traffic`` / ``has_locations``)."""
     return sanity_stats(ds.traffic, ds.locations, upper=upper, bin_minutes=getattr(ds, "bin_minutes", None),
-                        cap=cap)
+                        cap=cap,
+                        has_traffic=getattr(ds, "has_traffic", True) if traffic is None else traffic,
+                        has_locations=getattr(ds, "has_locations", True) if locations is None else locations)
 
 
 def sanity_markdown(stats: dict[str, dict[str, Any]], *, upper: float | None) -> str:
@@ -93,18 +121,25 @@ def sanity_markdown(stats: dict[str, dict[str, Any]], *, upper: float | None) ->
     for name, st in stats.items():
         if real is not None and name not in ("real", "reference"):
             problems += [f"{name}: {p}" for p in sanity_problems(real, st)]
-        def pct(v: float) -> str:
-            return "–" if not np.isfinite(v) else f"{100 * v:.1f} %"
+        no_tr = st.get("has_traffic") is False
+        no_loc = st.get("has_locations") is False
 
-        def num(v: float) -> str:
-            return "–" if not np.isfinite(v) else f"{v:.2f}"
+        def pct(v: Any, na: bool = no_tr) -> str:
+            return "n/a" if na else "–" if v is None or not np.isfinite(v) else f"{100 * v:.1f} %"
+
+        def num(v: Any, na: bool = no_tr) -> str:
+            return "n/a" if na else "–" if v is None or not np.isfinite(v) else f"{v:.2f}"
 
         lines.append(f"| {name} | {st.get('n', '')} | {pct(st['zero_share'])} | {pct(st['full_share'])} | "
                      f"{pct(st['above_share'])} | {pct(st.get('cap_share', float('nan')))} | "
                      f"{num(st['max_traffic'])} | "
-                     f"{num(st['distinct_per_sample'])} | {num(st['changes_per_sample'])} | "
+                     f"{num(st['distinct_per_sample'], no_loc)} | {num(st['changes_per_sample'], no_loc)} | "
                      f"{num(st['mean_traffic'])} |")
     lines.append("")
+    if any(st.get("has_traffic") is False or st.get("has_locations") is False for st in stats.values()):
+        lines.append("n/a: the set has no traffic (or no locations) of its own; those statistics are "
+                     "left out.")
+        lines.append("")
     lines.append("Sanity checks: " + ("all generated sets pass." if not problems else
                                       f"**WARNING: {len(problems)} problem(s), generated set(s) out of the "
                                       "real range.**"))

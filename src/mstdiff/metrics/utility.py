@@ -24,6 +24,7 @@ Next-slot traffic (MAE in the traffic unit; lower is better):
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -166,7 +167,7 @@ def fit_mlp(traffic: np.ndarray, *, bin_minutes: int = 30, seed: int = 0, steps:
     return mae
 
 
-def _scores(fit_set: Any, test: Any) -> dict[str, float]:
+def _scores(fit_set: Any, test: Any, traffic: bool = True) -> dict[str, float]:
     n, bm = test.n_stations, test.bin_minutes
     mk = fit_markov(fit_set.locations, n, bin_minutes=bm)
     mh = fit_markov(fit_set.locations, n, bin_minutes=bm, by_hour=True)
@@ -174,20 +175,25 @@ def _scores(fit_set: Any, test: Any) -> dict[str, float]:
     b = next_location_accuracy(mh, test.locations, bin_minutes=bm, backoff=mk)
     out = {"markov_acc1": a["acc1"], "markov_acc5": a["acc5"],
            "markov_hour_acc1": b["acc1"], "markov_hour_acc5": b["acc5"]}
-    if test.T > 4:
+    if traffic and test.T > 4:
         out["ridge_mae"] = next_traffic_mae(fit_ridge(fit_set.traffic, bin_minutes=bm), test.traffic,
                                             bin_minutes=bm)
         out["mlp_mae"] = fit_mlp(fit_set.traffic, bin_minutes=bm)(test.traffic)
     return out
 
 
-def tstr(train: Any, test: Any, generated: dict[str, Any]) -> dict[str, dict[str, float]]:
+def tstr(train: Any, test: Any, generated: dict[str, Any], *, traffic: bool = True,
+         no_traffic: Collection[str] = ()) -> dict[str, dict[str, float]]:
     """Scores on ``test`` of predictors fitted on ``train`` (row ``TRTR``) and on each generated set,
-    with ``<score>_ratio`` = TSTR / TRTR. All sets on one station table."""
-    base = _scores(train, test)
+    with ``<score>_ratio`` = TSTR / TRTR. All sets on one station table.
+
+    The traffic scores (``ridge_mae``, ``mlp_mae``) are left out of every row where the real sets
+    have no traffic (``traffic=False``) and of the rows of ``no_traffic`` (generated sets without
+    traffic of their own)."""
+    base = _scores(train, test, traffic)
     out: dict[str, dict[str, float]] = {"TRTR (real train)": base}
     for name, g in generated.items():
-        s = _scores(g, test)
+        s = _scores(g, test, traffic and name not in no_traffic)
         s.update({f"{k}_ratio": (s[k] / base[k] if base[k] else float("nan")) for k in list(s)})
         out[name] = s
     return out

@@ -758,8 +758,10 @@ def generate(
     check_station_table(model, like)
     gen = torch.Generator(device=dev).manual_seed(seed)
     t0 = time.perf_counter()
+    with_traffic = model.config.denoiser.use_traffic  # "MSTDiff without traffic": no traffic.npy
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        traffic = open_memmap(tmp / "traffic.npy", mode="w+", dtype=np.float32, shape=(n, T))
+        traffic = (open_memmap(tmp / "traffic.npy", mode="w+", dtype=np.float32, shape=(n, T)) if with_traffic
+                   else np.zeros((0, T), dtype=np.float32))
         locations = open_memmap(tmp / "locations.npy", mode="w+", dtype=np.int32, shape=(n, T))
         batches = -(-n // batch_size)
         # one tick per reverse diffusion step of every batch: the bar moves within a batch too
@@ -768,13 +770,15 @@ def generate(
             for start in range(0, n, batch_size):
                 k = min(batch_size, n - start)
                 tr, lo = model.sample(k, generator=gen, device=dev, on_step=lambda: bar.update(1))
-                traffic[start:start + k] = tr
+                if with_traffic:
+                    traffic[start:start + k] = tr
                 locations[start:start + k] = lo
                 bar.set_postfix(samples=f"{start + k}/{n}")
-        traffic.flush()
+        if isinstance(traffic, np.memmap):
+            traffic.flush()
         locations.flush()
         seconds = time.perf_counter() - t0
-        finite = all(np.isfinite(traffic[a:a + 16384]).all() for a in range(0, n, 16384))
+        finite = all(np.isfinite(traffic[a:a + 16384]).all() for a in range(0, traffic.shape[0], 16384))
         if not finite:  # never commit an invalid set (checked in chunks: bounded memory)
             raise RuntimeError("generated traffic is not finite; the model or its scaler is broken")
         import pandas as pd
@@ -783,13 +787,12 @@ def generate(
             tmp / "stations.parquet", index=False)
         pd.DataFrame({"user": [f"gen{i:07d}" for i in range(n)], "start": [""] * n}).to_parquet(
             tmp / "samples.parquet", index=False)
-        with_traffic = model.config.denoiser.use_traffic
         write_json(tmp / "meta.json", run_meta(
             source=source, format_version=1, bin_minutes=like.bin_minutes, T=T,
             **({} if with_traffic else {"has_traffic": False}),
             traffic_unit=like.meta.get("traffic_unit", "unknown"),
             counts={"samples": n, "stations": like.n_stations},
-            normalisation=normalisation_stats(traffic),
+            **({"normalisation": normalisation_stats(traffic)} if with_traffic else {}),
             generation={"seed": seed, "batch_size": batch_size, "device": str(dev), "seconds": seconds,
                         "samples_per_second": n / seconds if seconds > 0 else None,
                         "steps": model.hybrid.num_steps,
