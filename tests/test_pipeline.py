@@ -66,11 +66,14 @@ def test_benchmark_is_resumable_and_checks_config(smoke):
         run_benchmark(other, out, progress=False)
 
 
-def test_benchmark_rejects_single_modality_baseline(tmp_path):
+def test_benchmark_runs_a_single_modality_baseline_with_its_other_metrics_not_applicable(tmp_path):
     cfg = load_benchmark_config(REPO / "configs" / "benchmark_smoke.yaml", ["models=[markov]"])
-    with pytest.raises(InputError, match="pair"):
-        run_benchmark(cfg, tmp_path / "x", progress=False)
-    assert not (tmp_path / "x").exists()  # checked before any work
+    run_benchmark(cfg, tmp_path / "x", progress=False)
+    res = json.loads((tmp_path / "x" / "results.json").read_text())
+    row = res["metrics"]["metrics"]["markov"]
+    assert row["traffic_volume_jsd"] is None and row["joint_jsd"] is None  # n/a, not 0
+    assert row["distance_jsd"] is not None and row["distance_jsd"] > 0
+    assert "n/a" in (tmp_path / "x" / "results.md").read_text()
 
 
 def test_cli_prepare_info_split_evaluate(tmp_path):
