@@ -104,6 +104,14 @@ def test_good_values_and_friendly_spellings_load():
         else:  # without the data (CI) the path is reported at load, not after the stages
             with pytest.raises(InputError, match="does not exist"):
                 load(REPO / "configs" / name)
+    geolife = Path("../shared/data/geolife_movesim").exists()
+    for name, load in (("geolife.yaml", load_run_config), ("benchmark_geolife.yaml", load_benchmark_config)):
+        if geolife:
+            cfg = load(REPO / "configs" / name)
+            assert cfg.data.split_by == "part" and not cfg.model.denoiser.use_traffic
+        else:
+            with pytest.raises(InputError, match="does not exist"):
+                load(REPO / "configs" / name)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
