@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from mstdiff.cli import cli
@@ -164,3 +165,25 @@ def test_split_by_config_is_checked_at_load_time(sets, match):
 
     with pytest.raises(InputError, match=match):
         load_run_config(None, sets)
+
+
+def test_run_on_a_dataset_without_traffic_trains_mstdiff_without_traffic(tmp_path):
+    from mstdiff.pipeline import load_run_config, run_pipeline
+
+    raw = _movesim_folder(tmp_path / "raw")
+    cfg = load_run_config(REPO / "configs" / "demo.yaml", [
+        "data.source=movesim", f"data.raw={raw}", "data.options={}", "data.split_by=part",
+        "data.parts={train: [real], val: [val], test: [val]}", "kg.embed.epochs=1",
+        "train.epochs=1", "train.calibration_samples=8", "model.denoiser.d_model=16",
+        "model.denoiser.n_heads=2",
+        "evaluate.plots=false"])
+    run_pipeline(cfg, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert not (run / "vqvae").exists()  # nothing to pre-train the VQ-VAE on
+    saved = yaml.safe_load((run / "train" / "config.yaml").read_text())
+    assert saved["model"]["denoiser"]["use_traffic"] is False and saved["model"]["activity"] is False
+    assert not (run / "generated" / "traffic.npy").exists()
+    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+    row = metrics["metrics"]["mstdiff"]
+    assert row["traffic_volume_jsd"] is None and row["joint_jsd"] is None
+    assert row["duration_jsd"] is not None
