@@ -187,3 +187,39 @@ def test_run_on_a_dataset_without_traffic_trains_mstdiff_without_traffic(tmp_pat
     row = metrics["metrics"]["mstdiff"]
     assert row["traffic_volume_jsd"] is None and row["joint_jsd"] is None
     assert row["duration_jsd"] is not None
+
+
+@pytest.mark.parametrize("sets, match", [
+    (["generate.condition={kind: nothing}"], "condition.kind"),
+    (["generate.condition={kind: both}"], "needs a mask"),
+    (["generate.condition={kind: locations, samples_per_condition: 0}"], "whole number"),
+    (["generate.condition={kind: locations, on: x}"], "unknown condition key"),
+    (["generate.condition={kind: both, mask: after=25:00}"], "HH:MM"),
+    (["generate.condition={kind: traffic, given: /no/such/dir}"], "neither 'test'"),
+])
+def test_condition_config_is_checked_at_load_time(sets, match):
+    from mstdiff.pipeline import load_run_config
+
+    with pytest.raises(InputError, match=match):
+        load_run_config(REPO / "configs" / "demo.yaml", sets)
+
+
+def test_run_with_a_condition_generates_for_the_test_split_and_scores_the_pairs(tmp_path):
+    import numpy as np
+
+    from mstdiff.data.dataset import PreparedDataset
+    from mstdiff.pipeline import load_run_config, run_pipeline
+
+    cfg = load_run_config(REPO / "configs" / "demo.yaml", [
+        "data.options={n_users: 40, n_stations: 30, days: 1, seed: 0}", "kg.embed.epochs=1",
+        "vqvae.epochs=1", "train.epochs=1", "train.calibration_samples=8", "model.denoiser.d_model=16",
+        "model.denoiser.n_heads=2", "evaluate.plots=false",
+        "generate.condition={kind: locations, samples_per_condition: 2}"])
+    meta = run_pipeline(cfg, tmp_path / "run", progress=False)
+    test = PreparedDataset.load(tmp_path / "run" / "split" / "test")
+    gen = PreparedDataset.load(tmp_path / "run" / "generated")
+    assert gen.n_samples == 2 * test.n_samples
+    np.testing.assert_array_equal(gen.locations[::2], test.locations)  # the condition passed through
+    paired = json.loads((tmp_path / "run" / "evaluate" / "paired.json").read_text())["scores"]
+    assert paired["samples_per_condition"] == 2 and paired["crps"] > 0 and 0 <= paired["cover90"] <= 1
+    assert meta["paired"]["crps"] == paired["crps"]

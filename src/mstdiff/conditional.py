@@ -287,3 +287,33 @@ def generate_conditional(
                                "observed_location_share": float(obs.location_mask.mean())})
     ds = PreparedDataset(traffic, locations, like.stations.copy(), samples, meta)
     return PreparedDataset.load(ds.save(out, overwrite=overwrite))
+
+
+def score_conditional(generated: PreparedDataset, condition: PreparedDataset, like: PreparedDataset,
+                      kind: str, *, mask: str | None = None, seed: int = 0) -> dict[str, float]:
+    """Paired scores of a conditional set written by :func:`generate_conditional` against the real
+    values of its conditions (:mod:`mstdiff.metrics.paired`): for generated traffic (``locations``,
+    ``both``) CRPS, energy score and the coverage of the 50 % / 90 % intervals over the K draws; for
+    generated locations (``traffic``, ``both``) top-1 / top-5 accuracy of the station per slot and
+    the distance error in km. With ``both``, only the slots the mask generated are scored."""
+    from mstdiff.metrics import paired
+
+    n, T = condition.n_samples, condition.T
+    if generated.n_samples % max(n, 1) or generated.T != T:
+        raise InputError(f"{generated.n_samples} generated samples for {n} conditions of T = {T}",
+                         where="score_conditional", fix="pass the condition the set was generated for")
+    K = generated.n_samples // n
+    scored = None if kind != "both" else mask_rule(mask, n, T, bin_minutes=condition.bin_minutes, seed=seed)
+    out: dict[str, float] = {"conditions": float(n), "samples_per_condition": float(K)}
+    if kind in ("locations", "both") and condition.has_traffic:
+        draws, truth = generated.traffic.reshape(n, K, T), condition.traffic
+        out.update(crps=paired.crps(draws, truth, scored), energy=paired.energy_score(draws, truth, scored),
+                   cover50=paired.interval_coverage(draws, truth, 0.5, scored),
+                   cover90=paired.interval_coverage(draws, truth, 0.9, scored))
+    if kind in ("traffic", "both"):
+        draws_l, truth_l = generated.locations.reshape(n, K, T), station_index(condition, like)
+        lat, lon = (like.stations[c].to_numpy(dtype=np.float64) for c in ("lat", "lon"))
+        out.update(top1=paired.location_accuracy(draws_l, truth_l, 1, scored),
+                   top5=paired.location_accuracy(draws_l, truth_l, 5, scored),
+                   dist_km=paired.location_distance_km(draws_l, truth_l, lat, lon, scored))
+    return out

@@ -96,6 +96,11 @@ class GenerateConfig:
     seed: int = 0  # sampling seed
     # sampling options of model.hybrid for generation (e.g. {location_temperature: 0.9}); empty: as trained
     sampling: dict[str, Any] = field(default_factory=dict)
+    # conditional generation (mstdiff.conditional) instead of unconditional samples, e.g.
+    # {kind: locations} (traffic for the test split's trajectories), {kind: traffic}, or
+    # {kind: both, mask: "after=18:00"}; keys: kind, given (test | a prepared dataset), mask,
+    # samples_per_condition (K). Empty: unconditional
+    condition: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -185,6 +190,36 @@ def check_run_config(config: RunConfig, origins: dict[str, str] | None = None) -
                   f"use fields of model.hybrid: {sorted(f.name for f in dataclasses.fields(HybridConfig))}")
     from_dict(HybridConfig, {**to_dict(config.model.hybrid), **config.generate.sampling}, origins=origins,
               prefix="generate.sampling.")
+    cond = config.generate.condition
+    if cond:
+        from mstdiff.conditional import CONDITION_KINDS, mask_rule
+
+        example = "e.g. generate: {condition: {kind: both, mask: after=18:00, samples_per_condition: 5}}"
+        bad = sorted(set(cond) - set(CONDITION_KEYS))
+        if bad:
+            raise err(f"generate.condition.{bad[0]}", f"unknown condition key(s) {bad}",
+                      f"use {list(CONDITION_KEYS)}: {example}")
+        if cond.get("kind") not in CONDITION_KINDS:
+            raise err("generate.condition.kind", f"generate.condition.kind = {cond.get('kind')!r}",
+                      f"use one of {list(CONDITION_KINDS)}: {example}")
+        if cond["kind"] == "both" and cond.get("mask") is None:
+            raise err("generate.condition.mask", "generate.condition.kind = both needs a mask (which slots "
+                      "to fill)", example)
+        k = cond.get("samples_per_condition", 1)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise err("generate.condition.samples_per_condition",
+                      f"generate.condition.samples_per_condition = {k!r} is not a whole number >= 1", example)
+        given = cond.get("given", "test")
+        if given != "test" and not (Path(str(given)) / "meta.json").is_file():
+            raise err("generate.condition.given",
+                      f"generate.condition.given = {given!r} is neither 'test' nor a prepared dataset",
+                      "use test (the run's test split) or a folder written by mstdiff prepare")
+        mask = cond.get("mask")
+        if mask is not None and not str(mask).endswith(".npy"):
+            try:
+                mask_rule(str(mask), 1, 48, bin_minutes=30)
+            except InputError as exc:
+                raise err("generate.condition.mask", exc.what, exc.fix or example) from None
     try:
         resolve_device(config.train.device)
     except InputError as exc:
@@ -329,12 +364,32 @@ def train_and_generate_mstdiff(config: RunConfig, out: Path, st: Stages, model_d
                 transition_path=os.path.relpath(out / "transition" / "transition.pt", model_dir / "train"),
                 station_embeddings=torch.from_numpy(emb).float(), resume=True,
             )
+    gc = config.generate
     with _stage("generate", timings):
         if not (model_dir / "generated" / "meta.json").exists():
-            model = MSTDiff.load(model_dir / "train" / "model.pt").with_sampling(**config.generate.sampling)
-            generate(model, st.train, n, model_dir / "generated", seed=config.generate.seed,
-                     batch_size=config.generate.batch_size, device=config.train.device, progress=progress)
+            model = MSTDiff.load(model_dir / "train" / "model.pt").with_sampling(**gc.sampling)
+            if gc.condition:
+                from mstdiff.conditional import generate_conditional
+
+                c = gc.condition
+                generate_conditional(model, st.train, condition_set(config, st), c["kind"],
+                                     model_dir / "generated", mask=c.get("mask"),
+                                     samples_per_condition=int(c.get("samples_per_condition", 1)),
+                                     seed=gc.seed, batch_size=gc.batch_size, device=config.train.device,
+                                     progress=progress, condition_path=str(c.get("given", "test")))
+            else:
+                generate(model, st.train, n, model_dir / "generated", seed=gc.seed,
+                         batch_size=gc.batch_size, device=config.train.device, progress=progress)
         return PreparedDataset.load(model_dir / "generated")
+
+
+CONDITION_KEYS = ("kind", "given", "mask", "samples_per_condition")
+
+
+def condition_set(config: RunConfig, st: Stages) -> PreparedDataset:
+    """The real set ``generate.condition.given`` names: the run's test split (default) or a dataset."""
+    given = config.generate.condition.get("given", "test")
+    return st.test if given == "test" else PreparedDataset.load(given)
 
 
 def run_pipeline(config: RunConfig, out: str | os.PathLike[str], *, overwrite: bool = False,
@@ -363,9 +418,19 @@ def _run_pipeline(config: RunConfig, out: Path, progress: bool) -> dict[str, Any
     with _stage("evaluate", timings):
         result = evaluate(st.test, {"mstdiff": gen}, out / "evaluate", seed=config.evaluate.seed,
                           reference=st.train, train=st.train, plots=config.evaluate.plots, overwrite=True)
+        paired = None
+        if config.generate.condition:  # the pairing is real: paired scores against the conditions
+            from mstdiff.conditional import score_conditional
+
+            c = config.generate.condition
+            paired = score_conditional(gen, condition_set(config, st), st.train, c["kind"],
+                                       mask=c.get("mask"), seed=config.generate.seed)
+            write_json(out / "evaluate" / "paired.json", {"condition": c, "scores": paired})
+            logger.info("paired scores (%s): %s", c["kind"], paired)
     meta = run_meta(stage="run", timings=timings,
                     sizes={"train": st.train.n_samples, "val": st.val.n_samples, "test": st.test.n_samples,
-                           "generated": gen.n_samples, "stations": st.data.n_stations, "T": st.data.T})
+                           "generated": gen.n_samples, "stations": st.data.n_stations, "T": st.data.T},
+                    **({"paired": paired} if paired is not None else {}))
     write_json(out / "meta.json", meta)
     meta["table"] = result.to_markdown()
     return meta
