@@ -34,7 +34,7 @@ from mstdiff.io import atomic_dir, dumps_json, read_json, run_meta, write_json
 from mstdiff.kg.triples import KGOptions, KnowledgeGraph, build_knowledge_graph, load_poi_table
 from mstdiff.kg.tucker import (
     TuckerConfig,
-    evaluate_link_prediction,
+    link_prediction_report,
     random_embedding_baseline,
     split_triples,
     train_tucker,
@@ -71,7 +71,7 @@ def _normal(obj: Any) -> Any:
 
 # fields added to the stage configs after their first release: recorded in ``params`` only when they
 # differ from their defaults, so that outputs made before they existed stay current
-_LATER_FIELDS = {"visit_top_k", "visit_min_count"}
+_LATER_FIELDS = {"visit_top_k", "visit_min_count", "scoring", "negatives", "full_max_entities"}
 
 
 def config_params(obj: Any) -> dict[str, Any]:
@@ -254,13 +254,10 @@ def embed_kg_dir(
                        progress=progress)
     metrics: dict[str, Any] = {}
     if len(test):
-        metrics["trained"] = evaluate_link_prediction(res.model, test, kg.triples, kg.n_relations)
+        metrics["trained"], metrics["per_relation"] = link_prediction_report(
+            res.model, test, kg.triples, list(kg.relations))
         metrics["random_embeddings"] = random_embedding_baseline(
             test, kg.triples, kg.n_entities, kg.n_relations, cfg)
-        metrics["per_relation"] = {
-            rel: evaluate_link_prediction(res.model, test[test[:, 1] == r], kg.triples, kg.n_relations)
-            for r, rel in enumerate(kg.relations) if (test[:, 1] == r).any()
-        }
         logger.info("link prediction (filtered): MRR %.3f / Hits@10 %.3f; random embeddings: MRR %.4f",
                     metrics["trained"]["mrr"], metrics["trained"]["hits@10"],
                     metrics["random_embeddings"]["mrr"])
