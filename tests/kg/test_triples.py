@@ -25,6 +25,7 @@ from mstdiff.kg.triples import (
 )
 
 REF = (31.2, 121.4)
+VISIT = "VisitedAfter"
 
 
 def shared_data() -> Path:
@@ -179,6 +180,70 @@ def test_knowledge_graph_save_load_roundtrip(tmp_path):
     assert kg.entities[:3] == ["station:s0", "station:s1", "station:s2"]  # stations first, in order
     with pytest.raises(InputError):
         KnowledgeGraph.load(tmp_path / "nothing")
+
+
+def test_a_graph_without_pois_says_what_it_holds_and_why_served_by_is_empty(tmp_path, caplog):
+    """GeoLife-like: coordinates only. Regions from the grid, areas from station density, borders."""
+    import logging
+
+    rng = np.random.default_rng(4)
+    xy = np.concatenate([rng.uniform(0, 2, size=(60, 2)), rng.uniform(8, 20, size=(40, 2))])
+    with caplog.at_level(logging.INFO, logger="mstdiff.kg.triples"):
+        kg = build_knowledge_graph(station_table(xy))
+    s = kg.summary()
+    assert s["relations"] == ["BaseLocateAt", "BaseBelongTo", "BaseBorderBy", "ServedBy"]  # stable ids
+    assert s["relations_present"] == ["BaseLocateAt", "BaseBelongTo", "BaseBorderBy"]
+    assert s["triples"]["ServedBy"] == 0 and "poi" not in s["entities"]
+    assert "no POI data" in s["relations_empty"]["ServedBy"]
+    assert s["triples"]["BaseBelongTo"] > 0 and kg.meta["areas_from"].startswith("station density")
+    assert sum(kg.meta["area_sizes"]) == s["triples"]["BaseBelongTo"]
+    line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("knowledge graph:")]
+    assert line and "BaseBorderBy" in line[0] and "ServedBy empty (no POI data" in line[0]
+    kg.save(tmp_path / "kg")
+    back = KnowledgeGraph.load(tmp_path / "kg")
+    assert back.summary()["relations_empty"] == s["relations_empty"]
+
+
+def test_visited_after_keeps_the_most_frequent_successors():
+    from mstdiff.kg.triples import visit_successors
+
+    loc = np.array([[0, 1, 1, 2, 0, 1],   # moves 0->1, 1->2, 2->0, 0->1
+                    [0, 2, 0, 1, 3, 3],   # 0->2, 2->0, 0->1, 1->3
+                    [3, 0, 2, 2, 2, 2]])  # 3->0, 0->2
+    got = visit_successors(loc, 4, top_k=1, min_count=2)
+    np.testing.assert_array_equal(got, [[0, 1], [2, 0]])  # 0->1 (3 moves) beats 0->2 (2)
+    got = visit_successors(loc, 4, top_k=2, min_count=1)
+    np.testing.assert_array_equal(got, [[0, 1], [0, 2], [1, 2], [1, 3], [2, 0], [3, 0]])  # ties by index
+    xy = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    assert VISIT not in build_knowledge_graph(station_table(xy)).relations  # off by default
+    kg = build_knowledge_graph(station_table(xy), options=KGOptions(visit_top_k=1), locations=loc)
+    assert kg.relations[:4] == ["BaseLocateAt", "BaseBelongTo", "BaseBorderBy", "ServedBy"]
+    assert kg.relations[4] == VISIT and kg.summary()["triples"][VISIT] == 2
+    np.testing.assert_array_equal(kg.relation_triples(VISIT)[:, [0, 2]], [[0, 1], [2, 0]])
+    with pytest.raises(InputError):
+        build_knowledge_graph(station_table(xy), options=KGOptions(visit_top_k=1))
+
+
+def test_build_kg_dir_reads_training_trajectories_for_visits(tmp_path):
+    from mstdiff.data import PreparedDataset
+    from mstdiff.kg.stages import build_kg_dir
+
+    rng = np.random.default_rng(5)
+    st = station_table(rng.uniform(0, 5, size=(12, 2)))
+    ds = PreparedDataset(
+        traffic=np.zeros((6, 8), np.float32), locations=np.tile([[0, 1, 2, 3, 4, 5, 6, 7]], (6, 1)),
+        stations=st, samples=pd.DataFrame({"user": list("abcdef"), "start": [""] * 6}),
+        meta={"source": "test"})
+    ds.save(tmp_path / "ds")
+    plain = build_kg_dir(tmp_path / "ds", tmp_path / "kg")
+    from mstdiff.io import read_json
+
+    params = read_json(plain / "meta.json")["params"]
+    assert "visit_top_k" not in params["options"] and "locations_sha256" not in params  # as before
+    out = build_kg_dir(tmp_path / "ds", tmp_path / "kgv", visit_top_k=3)
+    kg = KnowledgeGraph.load(out)
+    assert kg.summary()["triples"][VISIT] == 7  # 0->1, 1->2, ..., 6->7, each seen 6 times
+    assert "locations_sha256" in read_json(out / "meta.json")["params"]
 
 
 def test_duplicate_station_ids_are_rejected():

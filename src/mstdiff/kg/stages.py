@@ -34,7 +34,7 @@ from mstdiff.io import atomic_dir, dumps_json, read_json, run_meta, write_json
 from mstdiff.kg.triples import KGOptions, KnowledgeGraph, build_knowledge_graph, load_poi_table
 from mstdiff.kg.tucker import (
     TuckerConfig,
-    evaluate_link_prediction,
+    link_prediction_report,
     random_embedding_baseline,
     split_triples,
     train_tucker,
@@ -67,6 +67,18 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 def _normal(obj: Any) -> Any:
     return json.loads(dumps_json(obj))
+
+
+# fields added to the stage configs after their first release: recorded in ``params`` only when they
+# differ from their defaults, so that outputs made before they existed stay current
+_LATER_FIELDS = {"visit_top_k", "visit_min_count", "scoring", "negatives", "full_max_entities"}
+
+
+def config_params(obj: Any) -> dict[str, Any]:
+    """``asdict(obj)`` without the later fields that are at their defaults (see ``_LATER_FIELDS``)."""
+    default = type(obj)()
+    return {k: v for k, v in asdict(obj).items()
+            if k not in _LATER_FIELDS or v != getattr(default, k)}
 
 
 def stage_is_current(
@@ -104,13 +116,17 @@ def stage_is_current(
 
 
 # ---------------------------------------------------------------------------------------- kg build
+def _training_part(dataset_dir: Path) -> Path:
+    split_train = dataset_dir / "train"
+    if not (dataset_dir / "stations.parquet").exists() and (split_train / "stations.parquet").exists():
+        return split_train  # a split directory: all parts share the station table; train's trajectories
+    return dataset_dir
+
+
 def _load_stations(dataset_dir: Path) -> pd.DataFrame:
     from mstdiff.data import PreparedDataset
 
-    split_train = dataset_dir / "train"
-    if not (dataset_dir / "stations.parquet").exists() and (split_train / "stations.parquet").exists():
-        dataset_dir = split_train  # a split directory: all parts share the station table
-    return PreparedDataset.load(dataset_dir, mmap=True).stations
+    return PreparedDataset.load(_training_part(dataset_dir), mmap=True).stations
 
 
 def _validate_kg(path: Path) -> None:
@@ -140,17 +156,26 @@ def build_kg_dir(
                          fix=f"use some of {sorted(known)}")
     options = KGOptions(**opts)
     stations = _load_stations(dataset_dir)
+    locations = None
+    if options.visit_top_k > 0:
+        from mstdiff.data import PreparedDataset
+
+        locations = np.asarray(PreparedDataset.load(_training_part(dataset_dir), mmap=True).locations)
     params = {
         "stage": "kg_build",
         "stations_sha256": stations_fingerprint(stations),
         "poi_table_sha256": file_sha256(poi_table) if poi_table is not None else None,
         "poi_radius_km": poi_radius_km if poi_table is not None else None,
-        "options": asdict(options),
+        "options": config_params(options),
     }
+    if locations is not None:  # VisitedAfter: the graph depends on the training trajectories
+        digest = hashlib.sha256(np.ascontiguousarray(locations).tobytes()).hexdigest()[:16]
+        params["locations_sha256"] = digest
     if stage_is_current(out, params, overwrite=overwrite, validate=_validate_kg):
         return out
     pois = load_poi_table(poi_table) if poi_table is not None else None
-    kg = build_knowledge_graph(stations, pois, poi_radius_km=poi_radius_km, options=options)
+    kg = build_knowledge_graph(stations, pois, poi_radius_km=poi_radius_km, options=options,
+                               locations=locations)
     with atomic_dir(out, overwrite=True) as tmp:
         kg.save(tmp)
         if pois is not None:
@@ -214,7 +239,7 @@ def embed_kg_dir(
         "stage": "kg_embed",
         "kg_triples_sha256": file_sha256(kg_dir / "triples.tsv"),
         "stations_sha256": kg_meta.get("params", {}).get("stations_sha256"),
-        "holdout": holdout, "split_seed": split_seed, "config": asdict(cfg),
+        "holdout": holdout, "split_seed": split_seed, "config": config_params(cfg),
     }
     if stage_is_current(out, params, overwrite=overwrite, validate=_validate_embed):
         return out
@@ -229,13 +254,10 @@ def embed_kg_dir(
                        progress=progress)
     metrics: dict[str, Any] = {}
     if len(test):
-        metrics["trained"] = evaluate_link_prediction(res.model, test, kg.triples, kg.n_relations)
+        metrics["trained"], metrics["per_relation"] = link_prediction_report(
+            res.model, test, kg.triples, list(kg.relations))
         metrics["random_embeddings"] = random_embedding_baseline(
             test, kg.triples, kg.n_entities, kg.n_relations, cfg)
-        metrics["per_relation"] = {
-            rel: evaluate_link_prediction(res.model, test[test[:, 1] == r], kg.triples, kg.n_relations)
-            for r, rel in enumerate(kg.relations) if (test[:, 1] == r).any()
-        }
         logger.info("link prediction (filtered): MRR %.3f / Hits@10 %.3f; random embeddings: MRR %.4f",
                     metrics["trained"]["mrr"], metrics["trained"]["hits@10"],
                     metrics["random_embeddings"]["mrr"])

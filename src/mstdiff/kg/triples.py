@@ -24,9 +24,22 @@ Four relations (MSTDiff paper, §III; the urban-KG convention of Tsinghua FIB-la
     quotient (local share of the category over its city-wide share) is at least ``served_min_lq``,
     so the relation marks the categories a neighbourhood is *characterised* by, not merely contains.
 
+``VisitedAfter``  station -> station (optional, off by default: ``visit_top_k = 0``)
+    A visit-based relation for station sets without POIs: ``a -> b`` when users of the training
+    trajectories moved from ``a`` to ``b`` in consecutive slots (``b != a``) at least
+    ``visit_min_count`` times; each station keeps its ``visit_top_k`` most frequent successors (ties
+    by station index). Built from the training split only (``mstdiff kg build`` on a split directory
+    reads ``train/``), so held-out users never enter the graph. Appended after the four relations
+    above, whose ids do not change.
+
 Stations without POI columns of their own (e.g. Shanghai Telecom) get them from a table of points
 with POI counts (e.g. a table of Shanghai stations with 14 POI-category counts) through
 :func:`attach_poi_context`.
+
+Without any POI data (e.g. GeoLife on the MoveSim grid: coordinates only) the graph holds
+``BaseLocateAt`` (grid cells), ``BaseBelongTo`` (areas by station density) and ``BaseBorderBy``;
+``ServedBy`` keeps its relation index but has no triples, and ``summary()["relations_empty"]`` says
+why. The relation list is the same for every station set, so relation ids never shift.
 """
 
 from __future__ import annotations
@@ -53,7 +66,9 @@ EARTH_RADIUS_KM = 6371.0088
 POI_PREFIX = "poi_"
 
 RELATIONS = ("BaseLocateAt", "BaseBelongTo", "BaseBorderBy", "ServedBy")
+VISIT_RELATION = "VisitedAfter"
 STATION_TYPE = "station"
+NO_POI_REASON = "no POI data: the station table has no poi_* columns and no POI table was given"
 
 
 # ---------------------------------------------------------------------------------------- geometry
@@ -328,6 +343,33 @@ def served_categories(
     return (local >= min_count) & (lq >= min_lq)
 
 
+def visit_successors(locations: np.ndarray, n: int, top_k: int, min_count: int = 2) -> np.ndarray:
+    """``VisitedAfter`` pairs ``(a, b)`` (``(E, 2)`` int64, sorted by ``a``, then by count, then ``b``).
+
+    Moves ``a -> b`` are consecutive slots of one trajectory with ``b != a``; per ``a`` the ``top_k``
+    most frequent successors with at least ``min_count`` moves are kept, ties broken by station index.
+    """
+    loc = np.asarray(locations, dtype=np.int64)
+    if loc.ndim != 2:
+        raise InputError(f"locations must be (U, T), got shape {loc.shape}", where="VisitedAfter")
+    if loc.size and (loc.min() < 0 or loc.max() >= n):
+        raise InputError(f"locations index outside the {n} stations", where="VisitedAfter")
+    a, b = loc[:, :-1].ravel(), loc[:, 1:].ravel()
+    move = a != b
+    if not move.any():
+        return np.zeros((0, 2), dtype=np.int64)
+    key, count = np.unique(a[move] * n + b[move], return_counts=True)
+    src, dst = key // n, key % n
+    keep = count >= min_count
+    src, dst, count = src[keep], dst[keep], count[keep]
+    order = np.lexsort((dst, -count, src))  # by source, most frequent first, then index
+    src, dst = src[order], dst[order]
+    first = np.searchsorted(src, src, side="left")
+    rank = np.arange(src.size) - first
+    sel = rank < top_k
+    return np.stack([src[sel], dst[sel]], 1).astype(np.int64)
+
+
 # ---------------------------------------------------------------------------------------- the graph
 @dataclass
 class KnowledgeGraph:
@@ -373,14 +415,33 @@ class KnowledgeGraph:
             types[t] = types.get(t, 0) + 1
         per_rel = np.bincount(self.triples[:, 1], minlength=self.n_relations) if self.triples.size else (
             np.zeros(self.n_relations, dtype=np.int64))
+        counts = {r: int(c) for r, c in zip(self.relations, per_rel)}
+        reasons = dict(self.meta.get("empty_relations", {}))
         return {
             "n_entities": self.n_entities,
             "n_stations": self.n_stations,
             "entities": types,
             "relations": list(self.relations),
             "n_triples": int(self.triples.shape[0]),
-            "triples": {r: int(c) for r, c in zip(self.relations, per_rel)},
+            "triples": counts,
+            "relations_present": [r for r in self.relations if counts[r]],
+            "relations_empty": {r: reasons.get(r, "no triples") for r in self.relations if not counts[r]},
         }
+
+    def describe(self) -> str:
+        """One line: stations, entities by type, triples per relation, and why a relation is empty."""
+        s = self.summary()
+        ents = ", ".join(f"{v:,} {k}" for k, v in s["entities"].items())
+        rels = ", ".join(f"{r} {c:,}" for r, c in s["triples"].items() if c)
+        line = f"{s['n_triples']:,} triples over {ents}: {rels}"
+        if "regions_from" in self.meta:
+            line += f"; regions from {self.meta['regions_from']}, areas from {self.meta.get('areas_from')}"
+        sizes = self.meta.get("area_sizes")
+        if sizes:
+            line += f" ({len(sizes)} areas, largest {max(sizes):,} stations)"
+        for r, why in s["relations_empty"].items():
+            line += f"; {r} empty ({why})"
+        return line
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``entities.tsv``, ``triples.tsv`` (names) and ``summary.json`` into ``path``."""
@@ -436,6 +497,7 @@ class KGOptions:
         "cell_km": gt(0), "border_max_km": gt(0), "area_quantile": between(0, 1), "area_link_km": gt(0),
         "area_min_size": ge(1), "served_radius_km": gt(0), "served_min_count": ge(0),
         "served_min_lq": ge(0), "ref_lat": between(-90, 90), "ref_lon": between(-180, 180),
+        "visit_top_k": ge(0), "visit_min_count": ge(1),
     }
 
     cell_km: float = 1.0  # grid cell side for BaseLocateAt (ignored when stations have `region`)
@@ -448,6 +510,8 @@ class KGOptions:
     served_min_lq: float = 1.0  # and a location quotient at least this
     ref_lat: float | None = None  # projection / grid reference point (default: median station)
     ref_lon: float | None = None
+    visit_top_k: int = 0  # VisitedAfter: most frequent successors kept per station (0: no relation)
+    visit_min_count: int = 2  # VisitedAfter: fewest observed moves a -> b for a triple
 
 
 def _clean(name: object) -> str:
@@ -457,14 +521,20 @@ def _clean(name: object) -> str:
 def build_knowledge_graph(
     stations: pd.DataFrame, poi_table: pd.DataFrame | None = None, *,
     poi_radius_km: float = 0.5, options: KGOptions | None = None,
+    locations: np.ndarray | None = None,
 ) -> KnowledgeGraph:
     """Build the station knowledge graph (relations as in the module docstring).
 
     ``stations``: ``station_id, lat, lon`` plus optional ``poi_*`` count columns, ``region`` and
     ``business_area`` columns. ``poi_table``: optional POI context attached with
     :func:`attach_poi_context` (``poi_radius_km``) before the relations are derived.
+    ``locations``: ``(U, T)`` station indices of the training trajectories, needed (only) for
+    ``VisitedAfter`` (``options.visit_top_k > 0``).
     """
     opt = options or KGOptions()
+    if opt.visit_top_k > 0 and locations is None:
+        raise InputError("visit_top_k > 0 needs the training trajectories", where="knowledge graph",
+                         fix="pass locations= (mstdiff kg build reads them from the dataset)")
     if "station_id" not in stations.columns:
         raise InputError("station table lacks a 'station_id' column", where="station table")
     ids = stations["station_id"].map(_clean)
@@ -521,12 +591,12 @@ def build_knowledge_graph(
         else:
             pairs = cKDTree(xy).query_pairs(opt.area_link_km, output_type="ndarray")
             density = np.bincount(pairs.ravel(), minlength=n).astype(np.float64)
-            meta["areas_from"] = "station density (no POI columns)"
-            logger.warning("no poi_* columns: business areas from station density instead of POIs")
+            meta["areas_from"] = f"station density (stations within {opt.area_link_km:g} km; no POI columns)"
         area = business_areas(xy, density, quantile=opt.area_quantile, link_km=opt.area_link_km,
                               min_size=opt.area_min_size)
         heads = np.flatnonzero(area >= 0)
         tails = np.array([entity(str(a), "area") for a in area[heads]], dtype=np.int64)
+        meta["area_sizes"] = np.bincount(area[heads]).tolist() if heads.size else []
     triples.append(np.stack([heads, np.ones(heads.size, np.int64), tails], 1))
 
     # BaseBorderBy (both directions)
@@ -543,8 +613,22 @@ def build_knowledge_graph(
         triples.append(np.stack([si, np.full(si.size, 3, np.int64), cat_ids[ci]], 1))
         meta["poi_categories"] = [c[len(POI_PREFIX):] for c in cols]
     else:
-        logger.warning("no poi_* columns and no POI table: the ServedBy relation is empty")
+        meta["empty_relations"] = {"ServedBy": NO_POI_REASON}
+        logger.warning("no POI data (no poi_* columns, no POI table): ServedBy is empty and business "
+                       "areas come from station density; pass --poi-table to add POI context")
 
-    kg = KnowledgeGraph(entities, types, list(RELATIONS), np.concatenate(triples), n, meta)
-    logger.info("knowledge graph: %s", kg.summary()["triples"])
+    relations = list(RELATIONS)
+    if opt.visit_top_k > 0:
+        assert locations is not None
+        pairs = visit_successors(locations, n, opt.visit_top_k, opt.visit_min_count)
+        triples.append(np.stack([pairs[:, 0], np.full(len(pairs), len(relations), np.int64),
+                                 pairs[:, 1]], 1))
+        relations.append(VISIT_RELATION)
+        meta["visits_from"] = f"{int(np.asarray(locations).shape[0])} training trajectories"
+        if not len(pairs):
+            meta.setdefault("empty_relations", {})[VISIT_RELATION] = (
+                f"no station pair moved between at least {opt.visit_min_count} times")
+
+    kg = KnowledgeGraph(entities, types, relations, np.concatenate(triples), n, meta)
+    logger.info("knowledge graph: %s", kg.describe())
     return kg
