@@ -102,18 +102,25 @@ def info(directory: Path) -> None:
               help="With --by: a value of the val split.")
 @click.option("--test", "test_values", multiple=True, metavar="VALUE",
               help="With --by: a value of the test split.")
+@click.option("--val-share", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="With --by, instead of --val: this share of the train split's users (seeded).")
 @click.option("--overwrite", is_flag=True)
 def split(
     directory: Path, out: Path, fractions: tuple[float, float, float] | None, seed: int, by: str | None,
     train_values: tuple[str, ...], val_values: tuple[str, ...], test_values: tuple[str, ...],
-    overwrite: bool,
+    val_share: float | None, overwrite: bool,
 ) -> None:
     """Seeded user-level train/val/test split (no user in two splits), or a split by a samples column."""
     from mstdiff.data import PreparedDataset
     from mstdiff.data.dataset import save_splits
     from mstdiff.errors import InputError
 
-    values = {"train": list(train_values), "val": list(val_values), "test": list(test_values)}
+    values: dict[str, Any] = {"train": list(train_values), "val": list(val_values), "test": list(test_values)}
+    if val_share is not None:
+        if by is None or val_values:
+            raise InputError("--val-share takes the val split out of the --by train values",
+                             where="split", fix="use it with --by and without --val")
+        values["val"] = val_share
     if by is None and any(values.values()):
         raise InputError("--train/--val/--test name values of the --by column", where="split",
                          fix="add --by COLUMN (e.g. --by part), or split by --fractions")

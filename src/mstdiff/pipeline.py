@@ -73,7 +73,7 @@ class DataConfig:
     # split by this samples column instead of the fractions (e.g. "part": the raw file of a sample)
     split_by: str | None = None
     # with split_by: the column values of each split, e.g. {train: [real], val: [val], test: [val]}
-    parts: dict[str, list[str]] = field(default_factory=dict)
+    parts: dict[str, Any] = field(default_factory=dict)  # lists of values; val may be a share (0, 1)
 
 
 @dataclass
@@ -157,12 +157,15 @@ def check_run_config(config: RunConfig, origins: dict[str, str] | None = None) -
         raise err("data.parts", "data.parts is set but data.split_by is not",
                   "set data.split_by to the samples column the parts name (e.g. part), or remove data.parts")
     if d.split_by is not None:
-        example = "e.g. data: {split_by: part, parts: {train: [real], val: [val], test: [val]}}"
+        example = ("e.g. data: {split_by: part, parts: {train: [real], val: [val], test: [val]}}; "
+                   "val may be a share of the training part instead (val: 0.1)")
         if set(d.parts) != {"train", "val", "test"}:
             raise err("data.parts" if d.parts else "data.split_by",
                       f"data.parts has {sorted(d.parts)}: with data.split_by it needs train, val and test",
                       example)
         for name, values in d.parts.items():
+            if name == "val" and isinstance(values, float) and 0.0 < values < 1.0:
+                continue  # a share of the training part's users (data.dataset.column_split)
             if not isinstance(values, list) or not all(isinstance(v, str | int) for v in values):
                 raise err(f"data.parts.{name}", f"data.parts.{name} = {values!r} is not a list of values",
                           example)

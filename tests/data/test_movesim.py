@@ -254,3 +254,32 @@ def test_real_geolife_files(geolife):
     assert ds.meta["counts"]["samples_per_part"] == {"real": 7000, "val": 1000}
     assert not ds.has_traffic and ds.meta["prepare_seconds"] < 30
     assert np.unique(ds.locations[ds.samples["part"] == "real"]).size == 17897  # SOURCE.md
+
+
+def test_val_as_a_share_of_the_train_part_is_seeded_disjoint_and_leaves_test_alone(tmp_path):
+    from mstdiff.data.dataset import column_split
+
+    folder = write_movesim(tmp_path / "m")
+    ds = prepare_movesim(folder)
+    whole = column_split(ds, "part", {"train": ["real"], "val": ["val"], "test": ["val"]})
+    a = column_split(ds, "part", {"train": ["real"], "val": 0.5, "test": ["val"]}, seed=3)
+    b = column_split(ds, "part", {"train": ["real"], "val": 0.5, "test": ["val"]}, seed=3)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert a["val"].size == 3 and a["train"].size == 3
+    np.testing.assert_array_equal(np.sort(np.r_[a["train"], a["val"]]), whole["train"])
+    np.testing.assert_array_equal(a["test"], whole["test"])
+    others = {tuple(column_split(ds, "part", {"train": ["real"], "val": 0.5, "test": ["val"]},
+                                 seed=s)["val"]) for s in range(8)}
+    assert len(others) > 1  # the seed chooses which users
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(InputError, match="share of the training part"):
+            column_split(ds, "part", {"train": ["real"], "val": bad, "test": ["val"]})
+    r = CliRunner()
+    prepare("movesim", folder, tmp_path / "d")
+    res = r.invoke(cli, ["split", str(tmp_path / "d"), "--out", str(tmp_path / "s"), "--by", "part",
+                         "--train", "real", "--val-share", "0.5", "--test", "val", "--seed", "3"])
+    assert res.exit_code == 0, res.output
+    val = PreparedDataset.load(tmp_path / "s" / "val")
+    assert sorted(val.samples["user"]) == sorted(ds.samples["user"].to_numpy()[a["val"]])
+    assert json.loads((tmp_path / "s" / "meta.json").read_text())["parts"]["val"] == 0.5

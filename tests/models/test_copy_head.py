@@ -13,8 +13,9 @@ N, T = 40, 16
 
 
 def denoiser(**kw) -> MSTDiffDenoiser:
+    kw = {"near_k": 4, **kw}
     cfg = DenoiserConfig(num_stations=N, seq_len=T, d_model=16, n_heads=2, layers_per_stage=1,
-                         final_layers=1, use_vqvae=False, near_k=4, **kw)
+                         final_layers=1, use_vqvae=False, **kw)
     return MSTDiffDenoiser(cfg, generator=torch.Generator().manual_seed(0))
 
 
@@ -82,3 +83,67 @@ def test_ids_and_one_hot_probabilities_agree_with_the_map_kernel():
     a = m(w, loc, s).logits
     b = m(w, torch.nn.functional.one_hot(loc, N).float(), s).logits
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def brute_move_terms(m: MSTDiffDenoiser, h: torch.Tensor, loc: torch.Tensor, lat, lon) -> torch.Tensor:
+    """The gravity terms of every token by loops: nearest filled slot on each side, its km distance."""
+    c = m.copy
+    B, T_ = loc.shape
+    lat0 = lat.mean()
+    xy = torch.from_numpy(np.stack([lon * 111.32 * math.cos(math.radians(lat0)), lat * 110.57], 1))
+    d = np.linalg.norm(xy.numpy()[:, None] - xy.numpy()[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    unit = float(np.median(d.min(1)))  # d₁: median nearest-neighbour distance
+    out = torch.zeros(B, T_, N, dtype=torch.float64)
+    for b in range(B):
+        for t in range(T_):
+            coef = c.decay(h[b, t]).double()
+            for side, others in enumerate((range(t - 1, -1, -1), range(t + 1, T_))):
+                o = next((o for o in others if loc[b, o] < N), None)
+                if o is None:
+                    continue
+                cc = coef[side] + c.decay_gap.weight[abs(o - t), side]
+                out[b, t] -= cc * torch.log1p(torch.linalg.norm(xy - xy[loc[b, o]], dim=1) / unit)
+    return out
+
+
+def test_move_decay_terms_equal_a_brute_force_loop_and_start_at_zero():
+    m = denoiser(mask_token=True, move_decay=True)
+    lat, lon = coords(7)
+    m.set_station_coordinates_(lat, lon)
+    g = torch.Generator().manual_seed(8)
+    loc = torch.where(torch.rand(3, T, generator=g) < 0.6, torch.randint(0, N, (3, T), generator=g), N)
+    loc[2] = N  # one sample without any station: no term anywhere
+    h = torch.randn(3, T, 16, generator=g)
+    rows = torch.arange(3 * T)
+    with torch.no_grad():
+        assert m.copy.move_terms(h.reshape(-1, 16), loc, loc < N, rows).abs().max() == 0  # zero at init
+        m.copy.decay.weight.normal_(generator=g)
+        m.copy.decay.bias.normal_(generator=g)
+        m.copy.decay_gap.weight.normal_(generator=g)
+        fast = m.copy.move_terms(h.reshape(-1, 16), loc, loc < N, rows).reshape(3, T, N)
+        slow = brute_move_terms(m, h, loc, lat, lon)
+    torch.testing.assert_close(fast.double(), slow, rtol=1e-4, atol=1e-4)
+    assert fast[2].abs().max() == 0
+    assert fast[0].abs().max() > 0
+
+
+def test_move_decay_keeps_a_distribution_and_learns_to_stay_near():
+    m = denoiser(mask_token=True, move_decay=True, near_k=0)
+    m.set_station_coordinates_(*coords(9))
+    with torch.no_grad():  # table only, and a strong decay from the slot before
+        m.copy.gate.weight.zero_()
+        m.copy.gate.bias.copy_(torch.tensor([-30.0, 30.0]))
+        m.copy.decay_gap.weight[:, 0] = 5.0
+    m.eval()
+    loc = torch.full((1, T), N)
+    loc[0, 3] = 0
+    with torch.no_grad():
+        out = m(torch.randn(1, T), loc, torch.tensor([5])).logits
+    torch.testing.assert_close(out.logsumexp(-1), torch.zeros(1, T), atol=1e-4, rtol=0)
+    d = torch.linalg.norm(m.copy.xy - m.copy.xy[0], dim=1)
+    p = out[0, 4].exp()  # after the filled slot: mass decays with the distance to station 0
+    assert float(p[d <= d.median()].sum()) > 0.9
+    with torch.no_grad():  # before the filled slot: only the (still zero) "after" coefficients
+        terms = m.copy.move_terms(torch.zeros(T, 16), loc, loc < N, torch.arange(T))
+    assert terms[:3].abs().max() == 0 and terms[4:].abs().max() > 0

@@ -44,9 +44,12 @@ def noisy_ids(B: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("head", ["dot", "cosine"])
-@pytest.mark.parametrize("near_k", [0, 4])
-def test_logits_of_some_rows_equal_the_dense_rows(head, near_k):
-    m = net(location_head=head, near_k=near_k)
+@pytest.mark.parametrize(("near_k", "move_decay"), [(0, False), (4, False), (4, True)])
+def test_logits_of_some_rows_equal_the_dense_rows(head, near_k, move_decay):
+    m = net(location_head=head, near_k=near_k, move_decay=move_decay)
+    if move_decay:
+        with torch.no_grad():
+            m.copy.decay_gap.weight.normal_(generator=torch.Generator().manual_seed(2))
     _, l_s = noisy_ids(5, 1)
     w, s = torch.randn(5, T), torch.tensor([1, 2, 3, 5, 6])
     rows = (l_s.reshape(-1) == N).nonzero().squeeze(-1)

@@ -250,3 +250,34 @@ def test_the_vqvae_stage_refuses_a_dataset_without_traffic(city, tmp_path):
 
     with pytest.raises(InputError, match="no traffic"):
         pretrain_vqvae_stage(_no_traffic(city), tmp_path / "vq", progress=False)
+
+
+def test_keep_best_saves_the_epoch_with_the_lowest_validation_loss(city, discrete, tmp_path):
+    kw = dict(keep_best=True, schedule="constant", warmup_steps=0, lr=0.05, epochs=4)
+    res = run(city, discrete, tmp_path / "best", **kw)
+    vals = [h["val_total"] for h in res.history if "val_total" in h]
+    assert len(vals) == 4
+    e = int(np.argmin(vals)) + 1
+    meta = torch.load(tmp_path / "best" / "model.pt", weights_only=True)["meta"]
+    assert meta["best_epoch"] == e
+    # a constant learning rate: the run stopped after epoch e passed through the same weights
+    run(city, discrete, tmp_path / "upto", **{**kw, "epochs": e, "keep_best": False})
+    wb, wu = weights(tmp_path / "best"), weights(tmp_path / "upto")
+    assert all(torch.equal(wb[k], wu[k]) for k in wb)
+    last = run(city, discrete, tmp_path / "last", **{**kw, "keep_best": False})
+    assert last.history == res.history
+    if e != 4:
+        wl = weights(tmp_path / "last")
+        assert not all(torch.equal(wb[k], wl[k]) for k in wb)
+
+    def interrupt(step, parts):  # Ctrl-C in the third epoch: the best so far survives the resume
+        if step == 7:
+            raise KeyboardInterrupt
+
+    args = dict(discrete=discrete, vqvae=None, model_config=model_config(),
+                train_config=train_config(**kw), out_dir=tmp_path / "part")
+    with pytest.raises(KeyboardInterrupt):
+        train_mstdiff(city, city.subset(np.arange(8)), callback=interrupt, **args)
+    train_mstdiff(city, city.subset(np.arange(8)), resume=True, **args)
+    wr = weights(tmp_path / "part")
+    assert all(torch.equal(wb[k], wr[k]) for k in wb)

@@ -521,7 +521,8 @@ def user_level_split(
 SPLIT_NAMES = ("train", "val", "test")
 
 
-def column_split(ds: PreparedDataset, column: str, parts: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def column_split(ds: PreparedDataset, column: str, parts: Mapping[str, Any], seed: int = 0
+                 ) -> dict[str, np.ndarray]:
     """Split of sample positions by the value of a samples column instead of random fractions.
 
     ``parts`` maps each of ``"train"``, ``"val"``, ``"test"`` to the list of ``column`` values whose
@@ -530,6 +531,11 @@ def column_split(ds: PreparedDataset, column: str, parts: Mapping[str, Any]) -> 
     evaluates on its validation file). Values are compared as text. A listed value that no sample
     has raises :class:`InputError`; samples whose value is listed nowhere are left out. Returns sorted
     position arrays keyed ``"train"``, ``"val"``, ``"test"``.
+
+    ``parts["val"]`` may instead be a number in (0, 1): that share of the training part's users
+    (seeded, ``numpy.random.default_rng(seed)``) is taken out of train into val, so that choices made
+    on the validation split never look at the test part (e.g. ``{train: [real], val: 0.1, test:
+    [val]}`` for GeoLife, whose test part is its validation file).
     """
     where = f"split by {column!r}"
     if column not in ds.samples.columns:
@@ -549,7 +555,14 @@ def column_split(ds: PreparedDataset, column: str, parts: Mapping[str, Any]) -> 
     values = ds.samples[column].astype(str).to_numpy()
     present = sorted(set(values.tolist()))
     out: dict[str, np.ndarray] = {}
+    share = parts["val"]
+    from_train = isinstance(share, float | int) and not isinstance(share, bool)
+    if from_train and not 0.0 < float(share) < 1.0:
+        raise InputError(f"parts.val = {share!r}: a share of the training part must be in (0, 1)",
+                         where=where, fix="e.g. val: 0.1, or a list of values")
     for name in SPLIT_NAMES:
+        if name == "val" and from_train:
+            continue
         wanted = parts[name]
         wanted = [wanted] if isinstance(wanted, str) else wanted
         if not isinstance(wanted, list | tuple) or not all(isinstance(v, str | int) for v in wanted):
@@ -562,6 +575,16 @@ def column_split(ds: PreparedDataset, column: str, parts: Mapping[str, Any]) -> 
                 f"no sample has {column} = {missing[0]!r} (parts.{name}); the values are {shown}",
                 where=where, fix=f"list values of the {column!r} column")
         out[name] = np.flatnonzero(np.isin(values, [str(v) for v in wanted]))
+    if from_train:
+        users = ds.samples["user"].astype(str).to_numpy()
+        uniq = np.unique(users[out["train"]])
+        n_val = int(round(float(share) * uniq.size))
+        if not 0 < n_val < uniq.size:
+            raise InputError(f"parts.val = {share}: {n_val} of the {uniq.size} training users",
+                             where=where, fix="choose a share that leaves users on both sides")
+        held = uniq[np.random.default_rng(seed).permutation(uniq.size)[:n_val]]
+        moved = np.isin(users[out["train"]], held)
+        out["train"], out["val"] = out["train"][~moved], out["train"][moved]
     return out
 
 
@@ -572,9 +595,14 @@ def _split_parts(ds: PreparedDataset, fractions: tuple[float, float, float], see
             raise InputError("parts are given without the column to split by", where="split",
                              fix="give the column too (split_by: part / --by part), or drop the parts")
         return user_level_split(ds, fractions, seed), {"seed": seed, "fractions": list(fractions)}
-    idx = column_split(ds, by, parts or {})
-    return idx, {"by": by, "parts": {k: [str(v) for v in ([p] if isinstance(p, str) else p)]
-                                     for k, p in (parts or {}).items()}}
+    idx = column_split(ds, by, parts or {}, seed)
+    how: dict[str, Any] = {"by": by, "parts": {
+        k: (float(p) if isinstance(p, float | int) and not isinstance(p, bool)
+            else [str(v) for v in ([p] if isinstance(p, str) else p)])
+        for k, p in (parts or {}).items()}}
+    if isinstance(how["parts"].get("val"), float):
+        how["seed"] = seed
+    return idx, how
 
 
 def split_dataset(

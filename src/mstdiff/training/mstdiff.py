@@ -106,6 +106,9 @@ class TrainConfig:
     # share of training samples given as the conditional sampler sees them (mstdiff.conditional):
     # observed location / activity tokens clean; 0 = unconditional training only
     condition_rate: float = 0.0
+    # keep the EMA weights of the epoch with the lowest validation loss (val_total) instead of the
+    # last epoch's: early stopping without stopping (a small set overfits a large station table)
+    keep_best: bool = False
 
 
 @dataclass
@@ -519,6 +522,7 @@ def _train(
     history: list[dict[str, float]] = []
     running: dict[str, float] = {}
     rng_state: Tensor | None = None
+    best: dict[str, Any] | None = None  # keep_best: {"epoch", "val_total", "state"} of the EMA weights
     if resume and ckpt_path.exists():
         restart = "delete it (and the rest of the directory) to train afresh, or choose a new --out"
         st = load_checkpoint(ckpt_path, device, what="training checkpoint", fix=restart)
@@ -547,6 +551,7 @@ def _train(
                 ckpt_path, why, K - 1)
         step, epoch, batch = st["step"], st["epoch"], st["batch"]
         history, running = st["history"], st["running"]
+        best = st.get("best")
         if main:
             logger.info("resumed from %s at step %d (epoch %d, batch %d)", ckpt_path, step, epoch, batch)
 
@@ -580,11 +585,12 @@ def _train(
             "rank_streams": streams if K > 1 else None, "world_size": K,
             "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else None,
             "step": step, "epoch": epoch, "batch": batch, "history": history, "running": running,
+            "best": best,
         })
 
     def end_epoch() -> None:
         """Validate with the EMA weights (fixed noise; rank 0 only) and move to the next epoch."""
-        nonlocal epoch, batch
+        nonlocal epoch, batch, best
         epoch, batch = epoch + 1, 0
         if not main:
             return
@@ -592,6 +598,9 @@ def _train(
         if vrec:
             history.append({"step": step, "epoch": epoch, **vrec})
             logger.info("epoch %d: %s", epoch, vrec)
+            if cfg.keep_best and (best is None or vrec["val_total"] < best["val_total"]):
+                best = {"epoch": epoch, "val_total": float(vrec["val_total"]),
+                        "state": {k: v.detach().clone() for k, v in ema.shadow.state_dict().items()}}
 
     t0 = time.perf_counter()
     steps_at_start = step
@@ -657,6 +666,10 @@ def _train(
     done = step - steps_at_start
     sps = done * B / seconds if seconds > 0 else 0.0  # global samples (all ranks together)
     if main:
+        if best is not None:
+            ema.shadow.load_state_dict(best["state"])
+            logger.info("keep_best: the EMA weights of epoch %d (val_total %.4f)", best["epoch"],
+                        best["val_total"])
         ema.shadow.eval()
         bundle = MSTDiff(cast(MSTDiffDenoiser, ema.shadow), hybrid, scaler, model_config)
         if cfg.calibration_samples:
@@ -666,7 +679,7 @@ def _train(
                         train_samples=U, val_samples=int(wv.shape[0]), device=str(device),
                         world_size=K, backend=ctx.backend, amp=cfg.amp, compile=cfg.compile,
                         trainable_parameters=denoiser.num_parameters(), peak_rss_mb=peak_rss_mb(),
-                        seconds=seconds)
+                        seconds=seconds, best_epoch=best["epoch"] if best is not None else None)
         bundle.save(out / "model.pt", transition_path=transition_path, meta=meta)
         atomic_write_text(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         write_json(out / "meta.json", meta)
