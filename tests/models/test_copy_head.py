@@ -147,3 +147,54 @@ def test_move_decay_keeps_a_distribution_and_learns_to_stay_near():
     with torch.no_grad():  # before the filled slot: only the (still zero) "after" coefficients
         terms = m.copy.move_terms(torch.zeros(T, 16), loc, loc < N, torch.arange(T))
     assert terms[:3].abs().max() == 0 and terms[4:].abs().max() > 0
+
+
+def test_nearest_filled_is_the_brute_force_neighbour():
+    from mstdiff.models.denoiser import nearest_filled
+
+    g = torch.Generator().manual_seed(11)
+    valid = torch.rand(5, T, generator=g) < 0.3
+    before, after = nearest_filled(valid)
+    for b in range(5):
+        for t in range(T):
+            prev = [o for o in range(t) if valid[b, o]]
+            nxt = [o for o in range(t + 1, T) if valid[b, o]]
+            assert before[b, t] == (prev[-1] if prev else -1)
+            assert after[b, t] == (nxt[0] if nxt else -1)
+
+
+def test_copy_nearest_puts_the_copy_on_the_stations_that_bracket_the_gap():
+    m = denoiser(mask_token=True, copy_nearest=True, near_k=0)
+    assert torch.equal(m.copy.nearest_bias.weight.detach(), torch.tensor([[2.0], [2.0]]))
+    with torch.no_grad():  # copy only, flat time bias, a strong pull to the nearest filled slots
+        m.copy.gate.weight.zero_()
+        m.copy.gate.bias.copy_(torch.tensor([30.0, -30.0]))
+        m.copy.rel_bias.weight.zero_()
+        m.copy.nearest_bias.weight.fill_(30.0)
+    loc = torch.full((1, T), N)
+    loc[0, [1, 5, 12]] = torch.tensor([7, 8, 9])
+    out = m(torch.randn(1, T), loc, torch.tensor([5])).logits[0].exp()
+    assert float(out[3, [7, 8]].sum()) > 0.99  # between slots 1 and 5: stations 7 and 8, not 9
+    assert float(out[8, [8, 9]].sum()) > 0.99
+    assert float(out[14, 9]) > 0.99  # after the last filled slot: its station
+    m2 = denoiser(mask_token=True, copy_nearest=True)
+    m2(torch.randn(1, T), loc, torch.tensor([5])).logits[0, 3, 7].backward()
+    grad = m2.copy.nearest_bias.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    groups = m2.optimizer_groups(0.01)  # a bias: no weight decay
+    assert any(p is m2.copy.nearest_bias.weight for g in groups if g['weight_decay'] == 0 for p in g['params'])
+
+
+def test_move_decay_leaves_the_input_stations_to_the_copy():
+    m = denoiser(mask_token=True, move_decay=True, near_k=0)
+    m.set_station_coordinates_(*coords(12))
+    with torch.no_grad():  # the table (move) part alone
+        m.copy.gate.weight.zero_()
+        m.copy.gate.bias.copy_(torch.tensor([-30.0, 30.0]))
+    m.eval()
+    loc = torch.full((1, T), N)
+    loc[0, [2, 9]] = torch.tensor([N - 1, 4])  # the last station id too (no clash with the mask id)
+    with torch.no_grad():
+        p = m(torch.randn(1, T), loc, torch.tensor([5])).logits[0].exp()
+    assert float(p[:, [N - 1, 4]].max()) < 1e-6  # a move never lands on a station the input holds
+    torch.testing.assert_close(p.sum(-1), torch.ones(T), atol=1e-4, rtol=0)
