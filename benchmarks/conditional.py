@@ -5,8 +5,9 @@ Tasks (on ``--n`` real samples of ``--real``, ``--k`` draws per condition):
 * ``traffic | locations`` — traffic for the real trajectories. Scores: CRPS and energy score per
   sample against the real traffic, coverage of the 50 % / 90 % intervals; joint metrics of
   (generated traffic, real locations) against the real set. References: the unconditional model
-  (K of its samples per condition) and a class-hour baseline (K draws from the training traffic
-  seen at the same station class and hour).
+  (K of its samples per condition), a class-hour baseline (K draws from the training traffic
+  seen at the same station class and hour) and the traffic of the K training days whose station
+  sequences agree with the given one on the most slots.
 * ``locations | traffic`` — trajectories for the real traffic. Scores: top-1 / top-5 station
   accuracy per slot (stations ranked by votes of the K draws), mean distance of a draw's station
   to the real one. References: the unconditional model and a Markov chain (given nothing).
@@ -58,6 +59,23 @@ def class_hour_sampler(train: PreparedDataset, codes: np.ndarray, rng: np.random
             for t in range(T):
                 pool = pools.get((int(codes[locations[i, t]]), t), train.traffic[:, t])
                 out[i, :, t] = rng.choice(pool, size=K)
+        return out
+
+    return draw
+
+
+def nearest_days_sampler(train: PreparedDataset, rng: np.random.Generator):
+    """K draws of traffic per condition: the traffic of the K training days whose station sequences
+    agree with the given one on the most slots (ties broken at random): how much a trajectory says
+    about its traffic when the days that share it are looked up directly."""
+    L = np.asarray(train.locations)
+    tr = np.asarray(train.traffic, dtype=np.float32)
+
+    def draw(locations: np.ndarray, K: int) -> np.ndarray:
+        out = np.empty((locations.shape[0], K, train.T), dtype=np.float32)
+        for i, row in enumerate(locations):
+            agree = (L == row[None, :]).sum(1) + rng.random(L.shape[0])  # the fraction breaks ties
+            out[i] = tr[np.argsort(-agree)[:K]]
         return out
 
     return draw
@@ -129,6 +147,11 @@ def main() -> None:
     results["traffic|locations: MSTDiff unconditional"] = {**traffic_scores(un_tr, truth_m),
                                                             "seconds": secs_un}
     results["traffic|locations: class-hour baseline"] = traffic_scores(class_hour(truth_l, K), truth_m)
+    nearest = nearest_days_sampler(train, np.random.default_rng(args.seed + 4))
+    results["traffic|locations: nearest training days"] = traffic_scores(nearest(truth_l, K), truth_m)
+    any_days = np.asarray(train.traffic, dtype=np.float32)[
+        np.random.default_rng(args.seed + 5).integers(0, train.n_samples, (n, K))]  # (n, K, T)
+    results["traffic|locations: random training days"] = traffic_scores(any_days, truth_m)
     # joint metrics of (one draw of traffic, the locations it was drawn for) against the real pairs
     real_pair = (truth_m, truth_l)
     for name, tr, lo in [("traffic|locations: MSTDiff conditional", c_tr[:, 0], truth_l),

@@ -198,3 +198,46 @@ def test_move_decay_leaves_the_input_stations_to_the_copy():
         p = m(torch.randn(1, T), loc, torch.tensor([5])).logits[0].exp()
     assert float(p[:, [N - 1, 4]].max()) < 1e-6  # a move never lands on a station the input holds
     torch.testing.assert_close(p.sum(-1), torch.ones(T), atol=1e-4, rtol=0)
+
+
+def test_gate_context_index_is_the_brute_force_kind_and_span():
+    from mstdiff.models.denoiser import CopyHead, nearest_filled
+
+    g = torch.Generator().manual_seed(13)
+    ids = torch.randint(0, 3, (6, T), generator=g)  # few stations: "same" happens often
+    valid = torch.rand(6, T, generator=g) < 0.35
+    valid[0] = False  # no filled slot at all
+    before, after = nearest_filled(valid)
+    got = CopyHead.context_index(ids, before, after)
+    for b in range(6):
+        for t in range(T):
+            prev = [o for o in range(t) if valid[b, o]]
+            nxt = [o for o in range(t + 1, T) if valid[b, o]]
+            if prev and nxt:
+                kind = 3 if ids[b, prev[-1]] == ids[b, nxt[0]] else 4
+                span = nxt[0] - prev[-1] - 1
+            elif prev:
+                kind, span = 1, t - prev[-1]
+            elif nxt:
+                kind, span = 2, nxt[0] - t
+            else:
+                kind, span = 0, 1
+            assert got[b, t] == 8 * kind + min(max(span - 1, 0), 7), (b, t)
+    onehot = torch.nn.functional.one_hot(ids, 5).float()  # probabilities: their likeliest station
+    assert torch.equal(CopyHead.context_index(onehot, before, after), got)
+
+
+def test_gate_context_moves_the_mass_between_copy_and_table_by_context():
+    m = denoiser(mask_token=True, copy_nearest=True, near_k=0)
+    m.eval()
+    loc = torch.full((1, T), N)
+    loc[0, [1, 3]] = 7  # slot 2: inside a stay of station 7 (span 1)
+    loc[0, [8, 10]] = torch.tensor([7, 9])  # slot 9: a boundary between 7 and 9 (span 1)
+    with torch.no_grad():
+        m.copy.gate.weight.zero_()
+        m.copy.gate.bias.zero_()
+        m.copy.gate_context.weight[8 * 3] = torch.tensor([10.0, -10.0])  # inside a stay: copy
+        m.copy.gate_context.weight[8 * 4] = torch.tensor([-10.0, 10.0])  # boundary: the table
+        p = m(torch.randn(1, T), loc, torch.tensor([5])).logits[0].exp()
+    assert float(p[2, 7]) > 0.99
+    assert float(p[9, [7, 9]].sum()) < 0.1
