@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
+from mstdiff.errors import InputError
 from mstdiff.models.denoiser import DenoiserConfig, MSTDiffDenoiser
 
 N, T = 40, 16
@@ -241,3 +243,22 @@ def test_gate_context_moves_the_mass_between_copy_and_table_by_context():
         p = m(torch.randn(1, T), loc, torch.tensor([5])).logits[0].exp()
     assert float(p[2, 7]) > 0.99
     assert float(p[9, [7, 9]].sum()) < 0.1
+
+
+def test_copy_context_starts_at_the_training_odds():
+    m = denoiser(mask_token=True, copy_nearest=True, near_k=0)
+    rng = np.random.default_rng(14)
+    stays = np.repeat(rng.integers(0, N, (200, 4)), T // 4, axis=1)  # 4 stays a day, no passing-through
+    m.init_copy_context_(stays, seed=1)
+    w = m.copy.gate_context.weight.detach().clone()
+    inside, boundary = w[8 * 3], w[8 * 4]  # both neighbours hold the same station / different ones
+    assert float(inside[0] - inside[1]) > 3.0  # inside a stay: copy
+    # at a boundary of such days the slot is also one of the two: copy, but less surely than inside
+    assert 0 < float(boundary[0] - boundary[1]) < float(inside[0] - inside[1])
+    travel = stays.copy()
+    travel[:, T // 4] = rng.integers(0, N, 200)  # a one-slot pass-through at every first boundary
+    m.init_copy_context_(travel, seed=1)
+    w2 = m.copy.gate_context.weight.detach()
+    assert float(w2[8 * 4, 0] - w2[8 * 4, 1]) < float(boundary[0] - boundary[1])
+    with pytest.raises(InputError, match="expected"):
+        m.init_copy_context_(stays[:, :5])

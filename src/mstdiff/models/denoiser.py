@@ -641,6 +641,40 @@ class MSTDiffDenoiser(nn.Module):
         self.logits_head.bias.copy_(torch.from_numpy(logp - logp.mean()).to(self.logits_head.bias))
 
     @torch.no_grad()
+    def init_copy_context_(self, locations: np.ndarray, *, seed: int = 0, draws: int = 8) -> None:
+        """Start the copy head's context gate (``copy_nearest``) at the training set's odds: for each
+        context row (:meth:`CopyHead.context_index`), ``log`` of the share of masked tokens whose true
+        station is one the input holds (copy) against the rest (table, and near if on), over ``draws``
+        random maskings of ``locations (U, T)`` at uniform rates. Adam moves a single logit by about
+        the learning rate per step, so a gate bias learned from zero stays near zero for hundreds of
+        steps; this is the unigram-prior idea of :meth:`init_station_prior_` for the gate."""
+        if self.copy is None or self.copy.gate_context is None:
+            return
+        L = torch.as_tensor(np.asarray(locations), dtype=torch.long)
+        if L.dim() != 2 or L.shape[1] != self.config.seq_len:
+            raise InputError(f"locations have shape {tuple(L.shape)}, expected (U, {self.config.seq_len})")
+        rows = self.copy.gate_context.weight.shape[0]
+        n, hit = torch.zeros(rows, dtype=torch.float64), torch.zeros(rows, dtype=torch.float64)
+        g = torch.Generator().manual_seed(seed)
+        for start in range(0, L.shape[0], 1024):
+            Lb = L[start:start + 1024]
+            for _ in range(draws):
+                rate = torch.rand(Lb.shape[0], 1, generator=g)
+                valid = torch.rand(Lb.shape, generator=g) >= rate  # (B, T) filled slots
+                before, after = nearest_filled(valid)
+                idx = self.copy.context_index(Lb, before, after)  # (B, T)
+                held = ((Lb[:, :, None] == Lb[:, None, :]) & valid[:, None, :]).any(-1)  # (B, T)
+                m = ~valid
+                n.index_add_(0, idx[m], torch.ones(int(m.sum()), dtype=torch.float64))
+                hit.index_add_(0, idx[m], held[m].double())
+        p = (hit + 1.0) / (n + 2.0)  # a Laplace share: rows never seen stay at 1/2
+        cols = [p.log(), (1 - p).log()]
+        if self.copy.near:
+            cols = [p.log(), ((1 - p) / 2).log(), ((1 - p) / 2).log()]
+        w = torch.stack(cols, dim=1)
+        self.copy.gate_context.weight.copy_((w - w.mean(1, keepdim=True)).to(self.copy.gate_context.weight))
+
+    @torch.no_grad()
     def set_station_coordinates_(self, lat: np.ndarray, lon: np.ndarray) -> None:
         """Fill the copy head's map kernel: for each station its ``near_k`` nearest stations (itself
         excluded; equirectangular km) with weights ``∝ exp(−dist / d₀)``, ``d₀`` the median distance

@@ -501,6 +501,8 @@ def _train(
     if cfg.station_prior > 0:  # (a resumed run then loads its own weights)
         denoiser.init_station_prior_(np.bincount(np.asarray(train.locations).ravel(),
                                                  minlength=train.n_stations), cfg.station_prior)
+    if model_config.denoiser.copy_nearest and model_config.denoiser.use_locations:
+        denoiser.init_copy_context_(np.asarray(train.locations), seed=cfg.seed)
     denoiser.to(device)
     hybrid.to(device)
     opt = torch.optim.AdamW(denoiser.optimizer_groups(cfg.weight_decay), lr=cfg.lr)
