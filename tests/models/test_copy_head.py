@@ -184,7 +184,8 @@ def test_copy_nearest_puts_the_copy_on_the_stations_that_bracket_the_gap():
     grad = m2.copy.nearest_bias.weight.grad
     assert grad is not None and grad.abs().sum() > 0
     groups = m2.optimizer_groups(0.01)  # a bias: no weight decay
-    assert any(p is m2.copy.nearest_bias.weight for g in groups if g['weight_decay'] == 0 for p in g['params'])
+    free = [p for g in groups if g["weight_decay"] == 0 for p in g["params"]]
+    assert any(p is m2.copy.nearest_bias.weight for p in free)
 
 
 def test_move_decay_leaves_the_input_stations_to_the_copy():

@@ -281,3 +281,20 @@ def test_keep_best_saves_the_epoch_with_the_lowest_validation_loss(city, discret
     train_mstdiff(city, city.subset(np.arange(8)), resume=True, **args)
     wr = weights(tmp_path / "part")
     assert all(torch.equal(wb[k], wr[k]) for k in wb)
+
+
+def test_station_counts_of_slots_and_of_arrivals_against_a_loop():
+    from mstdiff.training.mstdiff import station_counts
+
+    rng = np.random.default_rng(5)
+    L = np.repeat(rng.integers(0, 6, (20, 6)), rng.integers(1, 4, 6), axis=1)  # stays of 1-3 slots
+    slots, arrivals = np.zeros(6, int), np.zeros(6, int)
+    for row in L:
+        for t, x in enumerate(row):
+            slots[x] += 1
+            arrivals[x] += t == 0 or row[t - 1] != x
+    np.testing.assert_array_equal(station_counts(L, 6), slots)
+    np.testing.assert_array_equal(station_counts(L, 6, "arrivals"), arrivals)
+    assert station_counts(L, 6, "arrivals").sum() < L.size  # stays longer than a slot count once
+    with pytest.raises(InputError, match="station counts"):
+        station_counts(L, 6, "visits")

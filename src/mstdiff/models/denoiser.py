@@ -351,9 +351,10 @@ class CopyHead(nn.Module):
       slots away that neighbour is; the stations the input holds are left out of it (``−∞``): a
       move goes to a new place, a stay or a return is the copy's. Without that the decay's mode is
       the neighbour's own station, it learns to be a second copy, and its spill-over lands on the
-      adjacent cells (GeoLife: median jump 0.34 km against 1.55 km real). Real moves on GeoLife have a heavy tail (28 % within the 16
-      nearest of 23,768 cells, 72 % within 1,024, 86 % within 4,096): a fixed kernel over the k
-      nearest cells covers the first part only, and the table alone draws the rest city-wide.
+      adjacent cells (GeoLife: median jump 0.34 km against 1.55 km real). Real moves on GeoLife
+      have a heavy tail (28 % within the 16 nearest of 23,768 cells, 72 % within 1,024, 86 %
+      within 4,096): a fixed kernel over the k nearest cells covers the first part only, and the
+      table alone draws the rest city-wide.
 
     A location network with only the tied table head learned nothing in 250 steps on N ≈ 2,000
     (top-1 = truth 0.1 % at s = 1, DESIGN §1); copying is what a denoiser of mostly-unchanged

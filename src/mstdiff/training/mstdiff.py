@@ -73,6 +73,7 @@ class TrainConfig:
         "checkpoint_every": ge(1), "log_every": ge(1), "seed": ge(0), "num_threads": ge(1),
         "calibration_samples": ge(0), "calibration_batch_size": ge(1), "activity_weight": ge(0),
         "condition_rate": between(0, 1), "station_prior": ge(0),
+        "station_prior_counts": one_of("slots", "arrivals"),
     }
 
     epochs: int = 20  # passes over the training samples
@@ -102,6 +103,9 @@ class TrainConfig:
     # pseudo-count per station), so the table head starts from the real marginal instead of uniform
     # over N (a far-away station drawn for a masked slot was the first failure at N = 23,768); 0: off
     station_prior: float = 0.0
+    # what the prior counts: "slots" (every slot's station: where users are) or "arrivals" (the
+    # first slot of each stay: where users go; what a move component draws)
+    station_prior_counts: str = "slots"
     activity_weight: float = 1.0  # weight of the activity channel's masked CE (model.activity)
     # share of training samples given as the conditional sampler sees them (mstdiff.conditional):
     # observed location / activity tokens clean; 0 = unconditional training only
@@ -499,8 +503,8 @@ def _train(
                                    station_embeddings=station_embeddings,
                                    station_coords=station_coordinates(train))
     if cfg.station_prior > 0:  # (a resumed run then loads its own weights)
-        denoiser.init_station_prior_(np.bincount(np.asarray(train.locations).ravel(),
-                                                 minlength=train.n_stations), cfg.station_prior)
+        denoiser.init_station_prior_(station_counts(np.asarray(train.locations), train.n_stations,
+                                                    cfg.station_prior_counts), cfg.station_prior)
     if model_config.denoiser.copy_nearest and model_config.denoiser.use_locations:
         denoiser.init_copy_context_(np.asarray(train.locations), seed=cfg.seed)
     denoiser.to(device)
@@ -687,6 +691,19 @@ def _train(
         write_json(out / "meta.json", meta)
     distributed.barrier(ctx)  # every rank returns once the outputs exist
     return TrainResult(out, step, history, seconds, sps, peak_rss_mb(), rank=rank, world_size=K)
+
+
+def station_counts(locations: np.ndarray, n_stations: int, what: str = "slots") -> np.ndarray:
+    """Visits per station of ``locations (U, T)``: every slot (``"slots"``) or the first slot of each
+    stay (``"arrivals"``: slot 0 and every slot whose station differs from the one before)."""
+    L = np.asarray(locations)
+    if what == "slots":
+        return np.bincount(L.ravel(), minlength=n_stations)
+    if what != "arrivals":
+        raise InputError(f"station counts {what!r}", fix="use 'slots' or 'arrivals'")
+    first = np.ones(L.shape, dtype=bool)
+    first[:, 1:] = L[:, 1:] != L[:, :-1]
+    return np.bincount(L[first], minlength=n_stations)
 
 
 def _rank_streams(st: dict[str, Any], rank: int, world_size: int) -> dict[str, Tensor] | None:
