@@ -95,7 +95,7 @@ def location_scores(draws, truth, lat, lon, mask=None) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--model", type=Path)
     ap.add_argument("--train", type=Path, required=True)
     ap.add_argument("--real", type=Path, required=True)
     ap.add_argument("--n", type=int, default=100)
@@ -106,10 +106,11 @@ def main() -> None:
     ap.add_argument("--sample", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--reveal", default="immediate", choices=["scheduled", "immediate"])
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--references-only", action="store_true",
+                    help="only the model-free references of traffic | locations (no --model needed)")
     args = ap.parse_args()
     set_threads(args.threads)
     opts = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.sample)}
-    model = MSTDiff.load(args.model).with_sampling(**opts)
     train, real = PreparedDataset.load(args.train), PreparedDataset.load(args.real)
     rng = np.random.default_rng(args.seed)
     pick = np.sort(rng.choice(real.n_samples, size=min(args.n, real.n_samples), replace=False))
@@ -120,6 +121,14 @@ def main() -> None:
     codes = location_classes(train.stations, train.locations).codes
     truth_l = observed_from("locations", cond, train).locations  # on the train station table
     truth_m = cond.traffic
+    results: dict[str, dict[str, float]] = {}
+    references(results, train, truth_l, truth_m, codes, K, args.seed)
+    if args.references_only:
+        write(results, args, n, K, opts)
+        return
+    if args.model is None:
+        ap.error("--model is needed (or --references-only)")
+    model = MSTDiff.load(args.model).with_sampling(**opts)
     dev = torch.device("cpu")
     rep = np.repeat(np.arange(n), K)
 
@@ -130,7 +139,6 @@ def main() -> None:
                                 device=dev, batch_size=args.batch_size, progress=True, reveal=args.reveal)
         return tr.reshape(n, K, T), lo.reshape(n, K, T), time.perf_counter() - t0
 
-    results: dict[str, dict[str, float]] = {}
     t0 = time.perf_counter()
     un_tr, un_lo = model.generate(n * K, generator=torch.Generator().manual_seed(args.seed + 1),
                                   device=dev, batch_size=args.batch_size, progress=True)
@@ -146,12 +154,6 @@ def main() -> None:
     results["traffic|locations: MSTDiff conditional"] = {**traffic_scores(c_tr, truth_m), "seconds": secs}
     results["traffic|locations: MSTDiff unconditional"] = {**traffic_scores(un_tr, truth_m),
                                                             "seconds": secs_un}
-    results["traffic|locations: class-hour baseline"] = traffic_scores(class_hour(truth_l, K), truth_m)
-    nearest = nearest_days_sampler(train, np.random.default_rng(args.seed + 4))
-    results["traffic|locations: nearest training days"] = traffic_scores(nearest(truth_l, K), truth_m)
-    any_days = np.asarray(train.traffic, dtype=np.float32)[
-        np.random.default_rng(args.seed + 5).integers(0, train.n_samples, (n, K))]  # (n, K, T)
-    results["traffic|locations: random training days"] = traffic_scores(any_days, truth_m)
     # joint metrics of (one draw of traffic, the locations it was drawn for) against the real pairs
     real_pair = (truth_m, truth_l)
     for name, tr, lo in [("traffic|locations: MSTDiff conditional", c_tr[:, 0], truth_l),
@@ -182,6 +184,24 @@ def main() -> None:
         **traffic_scores(class_hour(carry, K), truth_m, gen_mask),
         **location_scores(carry_draws, truth_l, lat, lon, gen_mask)}
 
+    write(results, args, n, K, opts)
+
+
+def references(results: dict[str, dict[str, float]], train: PreparedDataset, truth_l: np.ndarray,
+               truth_m: np.ndarray, codes: np.ndarray, K: int, seed: int) -> None:
+    """The model-free references of traffic | locations (same seeds as before the split)."""
+    n = truth_l.shape[0]
+    class_hour = class_hour_sampler(train, codes, np.random.default_rng(seed + 2))
+    results["traffic|locations: class-hour baseline"] = traffic_scores(class_hour(truth_l, K), truth_m)
+    nearest = nearest_days_sampler(train, np.random.default_rng(seed + 4))
+    results["traffic|locations: nearest training days"] = traffic_scores(nearest(truth_l, K), truth_m)
+    any_days = np.asarray(train.traffic, dtype=np.float32)[
+        np.random.default_rng(seed + 5).integers(0, train.n_samples, (n, K))]  # (n, K, T)
+    results["traffic|locations: random training days"] = traffic_scores(any_days, truth_m)
+
+
+def write(results: dict[str, dict[str, float]], args: argparse.Namespace, n: int, K: int,
+          opts: dict[str, object]) -> None:
     cols = ["crps", "energy", "cover50", "cover90", "top1", "top5", "dist_km", "joint_jsd",
             "joint_rmse", "seconds"]
     lines = ["| task: model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
@@ -190,7 +210,8 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    info = {"model": str(args.model), "real": str(args.real), "train": str(args.train), "n": n, "k": K,
+    info = {"model": str(args.model) if args.model else None, "real": str(args.real),
+            "train": str(args.train), "n": n, "k": K,
             "seed": args.seed, "sampling": opts, "reveal": args.reveal, "results": results}
     (args.out / "results.json").write_text(json.dumps(info, indent=2) + "\n")
     (args.out / "results.md").write_text(table + "\n")
