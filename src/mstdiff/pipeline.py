@@ -43,7 +43,7 @@ from mstdiff.config import (
     locate,
     to_dict,
 )
-from mstdiff.data.dataset import PreparedDataset, save_splits
+from mstdiff.data.dataset import PreparedDataset, is_share, save_splits
 from mstdiff.errors import InputError
 from mstdiff.io import atomic_write_text, check_output_dir, log_to_file, read_json, run_meta, write_json
 from mstdiff.models.vqvae import VQVAE, VQVAEConfig
@@ -164,7 +164,7 @@ def check_run_config(config: RunConfig, origins: dict[str, str] | None = None) -
                       f"data.parts has {sorted(d.parts)}: with data.split_by it needs train, val and test",
                       example)
         for name, values in d.parts.items():
-            if name == "val" and isinstance(values, float) and 0.0 < values < 1.0:
+            if name == "val" and is_share(values) and 0.0 < values < 1.0:
                 continue  # a share of the training part's users (data.dataset.column_split)
             if not isinstance(values, list) or not all(isinstance(v, str | int) for v in values):
                 raise err(f"data.parts.{name}", f"data.parts.{name} = {values!r} is not a list of values",

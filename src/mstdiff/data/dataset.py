@@ -521,6 +521,11 @@ def user_level_split(
 SPLIT_NAMES = ("train", "val", "test")
 
 
+def is_share(value: Any) -> bool:
+    """``parts.val`` given as a number (a share of the training part) rather than a list of values."""
+    return isinstance(value, float | int) and not isinstance(value, bool)
+
+
 def column_split(ds: PreparedDataset, column: str, parts: Mapping[str, Any], seed: int = 0
                  ) -> dict[str, np.ndarray]:
     """Split of sample positions by the value of a samples column instead of random fractions.
@@ -556,7 +561,7 @@ def column_split(ds: PreparedDataset, column: str, parts: Mapping[str, Any], see
     present = sorted(set(values.tolist()))
     out: dict[str, np.ndarray] = {}
     share = parts["val"]
-    from_train = isinstance(share, float | int) and not isinstance(share, bool)
+    from_train = is_share(share)
     if from_train and not 0.0 < float(share) < 1.0:
         raise InputError(f"parts.val = {share!r}: a share of the training part must be in (0, 1)",
                          where=where, fix="e.g. val: 0.1, or a list of values")
@@ -597,8 +602,7 @@ def _split_parts(ds: PreparedDataset, fractions: tuple[float, float, float], see
         return user_level_split(ds, fractions, seed), {"seed": seed, "fractions": list(fractions)}
     idx = column_split(ds, by, parts or {}, seed)
     how: dict[str, Any] = {"by": by, "parts": {
-        k: (float(p) if isinstance(p, float | int) and not isinstance(p, bool)
-            else [str(v) for v in ([p] if isinstance(p, str) else p)])
+        k: float(p) if is_share(p) else [str(v) for v in ([p] if isinstance(p, str) else p)]
         for k, p in (parts or {}).items()}}
     if isinstance(how["parts"].get("val"), float):
         how["seed"] = seed

@@ -95,7 +95,8 @@ class DenoiserConfig:
     # filled slots before and after (a gravity model: popularity × learned power-law decay)
     move_decay: bool = False
     # copy head: learned attention biases toward the nearest filled slot before and after each token
-    # (a copy then prefers the stations that bracket the gap; init +2 each)
+    # (a copy then prefers the stations that bracket the gap; init +2 each) and gate logits by their
+    # context (inside a stay, boundary, one side, span), started at the training set's odds
     copy_nearest: bool = False
     mask_token: bool = False  # the location input has a mask id (= num_stations): absorbing noise
     # slot activity channel: K classes (3: zero / partial / full slot; 2: zero / positive), diffused as
@@ -425,13 +426,15 @@ class CopyHead(nn.Module):
                            torch.where(hb, idx - before, torch.where(ha, after - idx, 1)))
         return 8 * kind + (span - 1).clamp(0, 7)
 
-    def move_terms(self, h: Tensor, source: Tensor, valid: Tensor, rows: Tensor) -> Tensor:
+    def move_terms(self, h: Tensor, source: Tensor, valid: Tensor, rows: Tensor,
+                   nearest: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """The gravity terms added to the table logits of the wanted tokens: ``(M, N)``.
 
-        ``h (M, d)`` those tokens' features; ``source (B, T)`` station ids, ``valid (B, T)``."""
+        ``h (M, d)`` those tokens' features; ``source (B, T)`` station ids, ``valid (B, T)``;
+        ``nearest``: :func:`nearest_filled` of ``valid`` when the caller has it already."""
         assert self.decay is not None and self.decay_gap is not None
         T = valid.shape[1]
-        before, after = nearest_filled(valid)
+        before, after = nearest if nearest is not None else nearest_filled(valid)
         b, t = rows // T, rows % T
         coef = self.decay(h).float()  # (M, 2)
         out: Tensor | None = None
@@ -443,8 +446,7 @@ class CopyHead(nn.Module):
             with torch.no_grad():  # the feature is a fixed function of the map: no graph through it
                 x0 = self.xy[st]  # (M, 2), in units of d₁; direct differences (cdist's matmul cancels)
                 f = torch.hypot(x0[:, :1] - self.xy[:, 0], x0[:, 1:] - self.xy[:, 1]).log1p_()  # (M, N)
-            term = f.mul(-c[:, None]) if out is None else torch.addcmul(out, f, -c[:, None])
-            out = term
+            out = f.mul(-c[:, None]) if out is None else torch.addcmul(out, f, -c[:, None])
         assert out is not None
         return out
 
@@ -459,20 +461,22 @@ class CopyHead(nn.Module):
         idx = torch.arange(T, device=h.device)
         rel = self.rel_bias.weight[(idx[None, :] - idx[:, None]) + (self.T - 1), 0]  # (T, T): b(t' − t)
         scores = (self.q(h) @ self.k(keys).transpose(1, 2)) / math.sqrt(d) + rel  # (B, T, T)
+        soft = source.is_floating_point()
+        ids = source if not soft else source.argmax(-1)  # probabilities: their likeliest station
+        # (B, T) nearest filled slot before / after each token (−1: none), for either option
+        nearest = nearest_filled(valid) if self.nearest_bias is not None or self.decay is not None else None
         ctx_gate: Tensor | None = None
-        if self.nearest_bias is not None and self.gate_context is not None:
-            before, after = nearest_filled(valid)  # (B, T): slot or −1
-            for side, other in enumerate((before, after)):
+        if self.nearest_bias is not None and self.gate_context is not None and nearest is not None:
+            for side, other in enumerate(nearest):
                 hit = (other[..., None] == idx).float()  # (B, T, T'): t' is that nearest slot of t
                 scores = scores + self.nearest_bias.weight[side, 0] * hit
-            ctx_gate = self.gate_context(self.context_index(source, before, after)).float()
+            ctx_gate = self.gate_context(self.context_index(ids, *nearest)).float()
         scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
         anyv = valid.any(-1)[:, None, None]  # (B, 1, 1)
         attn = torch.softmax(scores, dim=-1).nan_to_num(0.0).float()  # (B, T, T); all-masked rows: 0
         glog = self.gate(h).float()  # (B, T, G): copy, table[, near]
         if ctx_gate is not None:
             glog = glog + ctx_gate
-        soft = source.is_floating_point()
         # no station in the input: only the table (the other gates closed)
         closed = torch.zeros_like(glog).masked_fill(~anyv, float("-inf"))
         closed[..., 1] = 0.0
@@ -486,8 +490,7 @@ class CopyHead(nn.Module):
         gate_r = gate.reshape(B * T, -1)[rows]  # (M, G)
         table = table.reshape(M, N).float()
         if self.decay is not None:
-            ids = source if not soft else source.argmax(-1)  # probabilities: their likeliest station
-            table = table + self.move_terms(h.reshape(B * T, d)[rows], ids, valid, rows)
+            table = table + self.move_terms(h.reshape(B * T, d)[rows], ids, valid, rows, nearest)
             # the move goes to a new place: the stations of the input are the copy's to give
             held = torch.zeros(M, N, device=h.device)  # (M, N): > 0 at the input's stations
             held.scatter_add_(1, ids.long().clamp(0, N - 1)[rows // T], valid[rows // T].float())
