@@ -167,7 +167,7 @@ def test_nearest_filled_is_the_brute_force_neighbour():
 
 def test_copy_nearest_puts_the_copy_on_the_stations_that_bracket_the_gap():
     m = denoiser(mask_token=True, copy_nearest=True, near_k=0)
-    assert torch.equal(m.copy.nearest_bias.weight.detach(), torch.tensor([[2.0], [2.0]]))
+    assert torch.equal(m.copy.nearest_bias.weight.detach(), torch.full((40, 2), 2.0))
     with torch.no_grad():  # copy only, flat time bias, a strong pull to the nearest filled slots
         m.copy.gate.weight.zero_()
         m.copy.gate.bias.copy_(torch.tensor([30.0, -30.0]))
@@ -264,3 +264,21 @@ def test_copy_context_starts_at_the_training_odds():
     assert float(w2[8 * 4, 0] - w2[8 * 4, 1]) < float(boundary[0] - boundary[1])
     with pytest.raises(InputError, match="expected"):
         m.init_copy_context_(stays[:, :5])
+
+
+def test_nearest_pull_starts_at_the_likeliest_beta_by_context():
+    m = denoiser(mask_token=True, copy_nearest=True, near_k=0)
+    rng = np.random.default_rng(16)
+    stays = np.repeat(rng.integers(0, N, (300, 4)), T // 4, axis=1)  # four stays a day
+    m.init_copy_context_(stays, seed=3)
+    beta = m.copy.nearest_bias.weight.detach().clone()
+    torch.testing.assert_close(beta[:, 0], beta[:, 1])
+    # between two slots of one stay (one slot apart) the copy is always that stay's station
+    assert float(beta[8 * 3, 0]) == 10.0
+    # days that alternate A X A X …: between two A slots the truth is always X, held elsewhere
+    pairs = rng.integers(0, N, (300, 2))
+    alternating = np.where(np.arange(T) % 2 == 0, pairs[:, :1], pairs[:, 1:])
+    m.init_copy_context_(alternating, seed=3)
+    beta = m.copy.nearest_bias.weight.detach()
+    assert float(beta[8 * 3, 0]) == 0.0  # the pull toward the bracket only hurts
+    assert float(beta[0, 0]) == 2.0  # no filled slot, nothing to copy: the default

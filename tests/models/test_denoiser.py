@@ -89,6 +89,24 @@ def test_gradient_reaches_every_trainable_parameter_and_not_the_vqvae(kind):
         assert torch.equal(a, b)
 
 
+def test_a_station_learning_rate_of_zero_keeps_the_station_table_and_trains_the_rest():
+    model = tiny_model(vq=False)
+    model.train()
+    groups = model.optimizer_groups(0.1, station_lr=0.0)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.trainable_parameters())  # each once
+    opt = torch.optim.AdamW(groups, lr=1e-2)
+    table = model.station_emb.weight.detach().clone(), model.logits_head.bias.detach().clone()
+    other = model.head_proj.weight.detach().clone()
+    w, l, s, _ = batch(4, 48)
+    out = model(w, l, s)
+    (out.eps.square().mean() + F.cross_entropy(out.logits.flatten(0, 1), l.flatten())).backward()
+    assert model.station_emb.weight.grad is not None
+    opt.step()
+    assert torch.equal(model.station_emb.weight, table[0]) and torch.equal(model.logits_head.bias, table[1])
+    assert not torch.equal(model.head_proj.weight, other)
+
+
 def test_vqvae_path_is_used_and_gated():
     model = tiny_model().eval()
     w, l, s, _ = batch(2, 48)

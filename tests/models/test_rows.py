@@ -44,7 +44,7 @@ def noisy_ids(B: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("head", ["dot", "cosine"])
-@pytest.mark.parametrize(("near_k", "move_decay"), [(0, False), (4, False), (4, True)])
+@pytest.mark.parametrize(("near_k", "move_decay"), [(0, False), (4, False), (4, True), (0, True)])
 def test_logits_of_some_rows_equal_the_dense_rows(head, near_k, move_decay):
     m = net(location_head=head, near_k=near_k, move_decay=move_decay, copy_nearest=move_decay)
     if move_decay:

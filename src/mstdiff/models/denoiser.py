@@ -333,10 +333,14 @@ class CopyHead(nn.Module):
       ``∝ exp(−dist / d₀)`` (:meth:`MSTDiffDenoiser.set_station_coordinates_`): moving to a new
       station near one the sequence holds — real users move a median 2.7 km on Shanghai Telecom,
       while a table head alone draws new stations from the whole city (median 22 km);
-    * with ``copy_nearest``, learned biases ``β_prev, β_next`` (init 2) added to the score of the
-      nearest filled slot before and after t: a copy prefers the stations that bracket the gap (on
-      GeoLife the true station of a masked slot is one of those two in 92 % of the cases and
-      another input station in 1.4 %, but the head without the biases gave those others 6 %); and
+    * with ``copy_nearest``, learned biases ``β_prev, β_next`` added to the score of the nearest
+      filled slot before and after t, by the context of those slots (the rows of
+      :meth:`context_index`; init 2, or the training set's best, :meth:`MSTDiffDenoiser.init_copy_context_`):
+      a copy prefers the stations that bracket the gap (on GeoLife the true station of a masked
+      slot is one of those two in 92 % of the cases and another input station in 1.4 %, but the
+      head without the biases gave those others 6 %; with one β for all contexts, the copy between
+      two slots of one stay still took another station of the day 2 % of the time, which made
+      three quarters of the one-slot blips A-X-A of the samples); and
       learned gate logits by the context of those two slots (:meth:`context_index`: inside a stay,
       at a boundary, one-sided, by span). Without them the gate gave a new station 8–11 % inside a
       stay (truth 0.3 %) and 16 % between two different stations (truth 38–44 %): a constant rate
@@ -388,7 +392,9 @@ class CopyHead(nn.Module):
             self.register_buffer("xy", torch.zeros(cfg.num_stations, 2))
             self.register_buffer("d_unit", torch.tensor(1.0))
         # attention bias toward the nearest filled slot (before, after); set by reset_bias_
-        self.nearest_bias = nn.Embedding(2, 1) if cfg.copy_nearest else None  # a bias, kept as a table
+        # by the context of those two slots (the rows of gate_context): inside a stay the copy is
+        # the bracket's station, at a boundary a return to an earlier station is likelier
+        self.nearest_bias = nn.Embedding(5 * 8, 2) if cfg.copy_nearest else None  # biases, kept as a table
         # gate logits by the context of the nearest filled slots: none / before only / after only /
         # both with the same station / both with different ones, × 8 span lengths; zero at init
         self.gate_context = nn.Embedding(5 * 8, 3 if self.near else 2) if cfg.copy_nearest else None
@@ -437,16 +443,22 @@ class CopyHead(nn.Module):
         before, after = nearest if nearest is not None else nearest_filled(valid)
         b, t = rows // T, rows % T
         coef = self.decay(h).float()  # (M, 2)
+        sides = (before[b, t], after[b, t])  # (M,) slot or −1 each
+        st = [source[b, o.clamp_min(0)].long().clamp(0, self.xy.shape[0] - 1) for o in sides]  # (M,)
+        # the distance feature of each distinct source station once (rows share the stations of a
+        # stay), a fixed function of the map: no graph through it
+        uniq, inv = torch.unique(torch.cat(st), return_inverse=True)
+        with torch.no_grad():
+            x0 = self.xy[uniq]  # (U, 2), in units of d₁; direct differences (cdist's matmul cancels)
+            f = torch.hypot(x0[:, :1] - self.xy[:, 0], x0[:, 1:] - self.xy[:, 1]).log1p_()  # (U, N)
+        M = rows.numel()
         out: Tensor | None = None
-        for side, other in enumerate((before[b, t], after[b, t])):  # (M,) slot or −1
+        for side, other in enumerate(sides):
             has = other >= 0
             gap = torch.where(has, (other - t).abs(), 0)
             c = (coef[:, side] + self.decay_gap(gap)[:, side]) * has  # (M,): no neighbour, no term
-            st = source[b, other.clamp_min(0)].long().clamp(0, self.xy.shape[0] - 1)  # (M,)
-            with torch.no_grad():  # the feature is a fixed function of the map: no graph through it
-                x0 = self.xy[st]  # (M, 2), in units of d₁; direct differences (cdist's matmul cancels)
-                f = torch.hypot(x0[:, :1] - self.xy[:, 0], x0[:, 1:] - self.xy[:, 1]).log1p_()  # (M, N)
-            out = f.mul(-c[:, None]) if out is None else torch.addcmul(out, f, -c[:, None])
+            fs = f[inv[side * M:(side + 1) * M]]  # (M, N)
+            out = fs.mul(-c[:, None]) if out is None else torch.addcmul(out, fs, -c[:, None])
         assert out is not None
         return out
 
@@ -467,10 +479,12 @@ class CopyHead(nn.Module):
         nearest = nearest_filled(valid) if self.nearest_bias is not None or self.decay is not None else None
         ctx_gate: Tensor | None = None
         if self.nearest_bias is not None and self.gate_context is not None and nearest is not None:
+            ctx = self.context_index(ids, *nearest)  # (B, T)
+            beta = self.nearest_bias(ctx)  # (B, T, 2): the pull toward the slot before / after
             for side, other in enumerate(nearest):
-                hit = (other[..., None] == idx).float()  # (B, T, T'): t' is that nearest slot of t
-                scores = scores + self.nearest_bias.weight[side, 0] * hit
-            ctx_gate = self.gate_context(self.context_index(ids, *nearest)).float()
+                hit = (other[..., None] == idx).to(beta.dtype)  # (B, T, T'): t' is that nearest slot of t
+                scores = scores + beta[..., side:side + 1] * hit
+            ctx_gate = self.gate_context(ctx).float()
         scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
         anyv = valid.any(-1)[:, None, None]  # (B, 1, 1)
         attn = torch.softmax(scores, dim=-1).nan_to_num(0.0).float()  # (B, T, T); all-masked rows: 0
@@ -651,7 +665,12 @@ class MSTDiffDenoiser(nn.Module):
         station is one the input holds (copy) against the rest (table, and near if on), over ``draws``
         random maskings of ``locations (U, T)`` at uniform rates. Adam moves a single logit by about
         the learning rate per step, so a gate bias learned from zero stays near zero for hundreds of
-        steps; this is the unigram-prior idea of :meth:`init_station_prior_` for the gate."""
+        steps; this is the unigram-prior idea of :meth:`init_station_prior_` for the gate.
+
+        The pull toward the nearest filled slots (``nearest_bias``) starts, per context row, at the
+        β of a grid 0, 0.5, …, 10 under which the head's attention at init (the relative-time bias
+        plus β on those two slots) gives the true station of those tokens the highest likelihood
+        (rows with fewer than 50 such tokens keep 2)."""
         if self.copy is None or self.copy.gate_context is None:
             return
         L = torch.as_tensor(np.asarray(locations), dtype=torch.long)
@@ -659,6 +678,11 @@ class MSTDiffDenoiser(nn.Module):
             raise InputError(f"locations have shape {tuple(L.shape)}, expected (U, {self.config.seq_len})")
         rows = self.copy.gate_context.weight.shape[0]
         n, hit = torch.zeros(rows, dtype=torch.float64), torch.zeros(rows, dtype=torch.float64)
+        betas = torch.arange(0.0, 10.01, 0.5)
+        loglik = torch.zeros(rows, betas.numel(), dtype=torch.float64)  # copy log-likelihood by β
+        T = L.shape[1]
+        slot = torch.arange(T)
+        rel_w = self.copy.rel_bias.weight[:, 0].float()  # b(Δ) at Δ + T − 1
         g = torch.Generator().manual_seed(seed)
         for start in range(0, L.shape[0], 1024):
             Lb = L[start:start + 1024]
@@ -671,12 +695,27 @@ class MSTDiffDenoiser(nn.Module):
                 m = ~valid
                 n.index_add_(0, idx[m], torch.ones(int(m.sum()), dtype=torch.float64))
                 hit.index_add_(0, idx[m], held[m].double())
+                if self.copy.nearest_bias is None:
+                    continue
+                bi, ti = (m & held).nonzero(as_tuple=True)  # masked tokens a copy can give
+                v = valid[bi]  # (K, T)
+                truth = (Lb[bi] == Lb[bi, ti][:, None]) & v
+                bump = ((slot == before[bi, ti][:, None]) | (slot == after[bi, ti][:, None])).float()
+                rel = rel_w[slot[None, :] - ti[:, None] + T - 1]  # (K, T)
+                for j, beta in enumerate(betas.tolist()):
+                    sc = (rel + beta * bump).masked_fill(~v, float("-inf"))
+                    ll = sc.masked_fill(~truth, float("-inf")).logsumexp(-1) - sc.logsumexp(-1)
+                    loglik[:, j].index_add_(0, idx[bi, ti], ll.double())
         p = (hit + 1.0) / (n + 2.0)  # a Laplace share: rows never seen stay at 1/2
         cols = [p.log(), (1 - p).log()]
         if self.copy.near:
             cols = [p.log(), ((1 - p) / 2).log(), ((1 - p) / 2).log()]
         w = torch.stack(cols, dim=1)
         self.copy.gate_context.weight.copy_((w - w.mean(1, keepdim=True)).to(self.copy.gate_context.weight))
+        if self.copy.nearest_bias is not None:
+            best = betas[loglik.argmax(1)]
+            best = torch.where(hit >= 50, best, torch.full_like(best, 2.0))  # too few copies: the default
+            self.copy.nearest_bias.weight.copy_(best[:, None].expand(-1, 2).to(self.copy.nearest_bias.weight))
 
     @torch.no_grad()
     def set_station_coordinates_(self, lat: np.ndarray, lon: np.ndarray) -> None:
@@ -726,9 +765,14 @@ class MSTDiffDenoiser(nn.Module):
         """Parameters the optimiser should update (the frozen VQ-VAE excluded)."""
         return [p for p in self.parameters() if p.requires_grad]
 
-    def optimizer_groups(self, weight_decay: float) -> list[dict[str, object]]:
+    def optimizer_groups(self, weight_decay: float,
+                         station_lr: float | None = None) -> list[dict[str, object]]:
         """AdamW groups as in nanoGPT: decay matrices/embeddings (dim >= 2), not biases, norms or the
-        copy head's relative-time and nearest-slot biases (biases, stored as tables)."""
+        copy head's relative-time and nearest-slot biases (biases, stored as tables).
+
+        ``station_lr``: the station table (embeddings and the table head's biases: N rows, the part
+        that memorises the training days) gets this learning rate of its own (0: kept as initialised,
+        from the knowledge graph's embeddings and the training visit shares); None: the optimiser's."""
         no_decay = set()
         if self.copy is not None:
             no_decay = {id(self.copy.rel_bias.weight)}
@@ -737,11 +781,22 @@ class MSTDiffDenoiser(nn.Module):
             if self.copy.gate_context is not None:
                 no_decay.add(id(self.copy.gate_context.weight))
         params = self.trainable_parameters()
+        table: list[Tensor] = []
+        if station_lr is not None:
+            table = [self.station_emb.weight]
+            if self.logits_head is not None and self.logits_head.bias is not None:
+                table.append(self.logits_head.bias)
+            table = [p for p in table if p.requires_grad]
+            params = [p for p in params if all(p is not q for q in table)]
         decay = [p for p in params if p.dim() >= 2 and id(p) not in no_decay]
-        return [
+        groups: list[dict[str, object]] = [
             {"params": decay, "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2 or id(p) in no_decay], "weight_decay": 0.0},
         ]
+        for p in table:
+            groups.append({"params": [p], "weight_decay": weight_decay if p.dim() >= 2 else 0.0,
+                           "lr": station_lr})
+        return groups
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -73,7 +73,7 @@ class TrainConfig:
         "checkpoint_every": ge(1), "log_every": ge(1), "seed": ge(0), "num_threads": ge(1),
         "calibration_samples": ge(0), "calibration_batch_size": ge(1), "activity_weight": ge(0),
         "condition_rate": between(0, 1), "station_prior": ge(0),
-        "station_prior_counts": one_of("slots", "arrivals"),
+        "station_prior_counts": one_of("slots", "arrivals"), "station_lr": ge(0),
     }
 
     epochs: int = 20  # passes over the training samples
@@ -113,6 +113,9 @@ class TrainConfig:
     # keep the EMA weights of the epoch with the lowest validation loss (val_total) instead of the
     # last epoch's: early stopping without stopping (a small set overfits a large station table)
     keep_best: bool = False
+    # learning rate of the station table (its N embeddings and biases) as a factor of lr: the part
+    # that memorises a small training set (0: kept at the knowledge-graph embeddings and the prior)
+    station_lr: float = 1.0
 
 
 @dataclass
@@ -509,7 +512,8 @@ def _train(
         denoiser.init_copy_context_(np.asarray(train.locations), seed=cfg.seed)
     denoiser.to(device)
     hybrid.to(device)
-    opt = torch.optim.AdamW(denoiser.optimizer_groups(cfg.weight_decay), lr=cfg.lr)
+    opt = torch.optim.AdamW(denoiser.optimizer_groups(
+        cfg.weight_decay, None if cfg.station_lr == 1.0 else cfg.lr * cfg.station_lr), lr=cfg.lr)
     U, B = w0.shape[0], cfg.batch_size
     if U == 0:
         raise InputError("the training set is empty", where="train", fix="check the split fractions")
