@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from mstdiff.data import PreparedDataset
-from mstdiff.models.denoiser import CopyHead, DenoiserConfig, MSTDiffDenoiser, nearest_filled
+from mstdiff.models.copy_head import CopyHead, nearest_filled
+from mstdiff.models.denoiser import DenoiserConfig, MSTDiffDenoiser
 from mstdiff.threads import set_threads
 
 

@@ -152,7 +152,7 @@ def test_move_decay_keeps_a_distribution_and_learns_to_stay_near():
 
 
 def test_nearest_filled_is_the_brute_force_neighbour():
-    from mstdiff.models.denoiser import nearest_filled
+    from mstdiff.models.copy_head import nearest_filled
 
     g = torch.Generator().manual_seed(11)
     valid = torch.rand(5, T, generator=g) < 0.3
@@ -205,7 +205,7 @@ def test_move_decay_leaves_the_input_stations_to_the_copy():
 
 
 def test_gate_context_index_is_the_brute_force_kind_and_span():
-    from mstdiff.models.denoiser import CopyHead, nearest_filled
+    from mstdiff.models.copy_head import CopyHead, nearest_filled
 
     g = torch.Generator().manual_seed(13)
     ids = torch.randint(0, 3, (6, T), generator=g)  # few stations: "same" happens often
