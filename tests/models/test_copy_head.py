@@ -282,3 +282,13 @@ def test_nearest_pull_starts_at_the_likeliest_beta_by_context():
     beta = m.copy.nearest_bias.weight.detach()
     assert float(beta[8 * 3, 0]) == 0.0  # the pull toward the bracket only hurts
     assert float(beta[0, 0]) == 2.0  # no filled slot, nothing to copy: the default
+
+
+def test_a_checkpoint_with_one_nearest_pull_loads_into_the_table_by_context():
+    m = denoiser(mask_token=True, copy_nearest=True, near_k=0)
+    state = m.state_dict()
+    state["copy.nearest_bias.weight"] = torch.tensor([[3.0], [1.5]])  # the previous build's (2, 1)
+    m.load_state_dict(state)
+    beta = m.copy.nearest_bias.weight.detach()
+    assert beta.shape == (40, 2)
+    assert torch.equal(beta[:, 0], torch.full((40,), 3.0)) and torch.equal(beta[:, 1], torch.full((40,), 1.5))

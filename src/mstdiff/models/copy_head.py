@@ -129,6 +129,14 @@ class CopyHead(nn.Module):
             self.decay.bias.zero_()
             self.decay_gap.weight.zero_()
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a checkpoint of the build before the pull by context holds one (β_prev, β_next): every row
+        key = prefix + "nearest_bias.weight"
+        old = state_dict.get(key)
+        if self.nearest_bias is not None and old is not None and tuple(old.shape) == (2, 1):
+            state_dict[key] = old[:, 0][None, :].expand_as(self.nearest_bias.weight).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @staticmethod
     def context_index(source: Tensor, before: Tensor, after: Tensor) -> Tensor:
         """Row of ``gate_context`` per token ``(B, T)``: ``8 · kind + span``, kind 0 no filled slot,
