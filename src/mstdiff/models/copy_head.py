@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+
 def nearest_filled(valid: Tensor) -> tuple[Tensor, Tensor]:
     """For each slot of ``valid (B, T)`` the nearest filled slot strictly before and strictly after
     it: two Long ``(B, T)``, −1 where there is none."""
@@ -54,8 +55,8 @@ class CopyHead(nn.Module):
       a copy prefers the stations that bracket the gap (on GeoLife the true station of a masked
       slot is one of those two in 92 % of the cases and another input station in 1.4 %, but the
       head without the biases gave those others 6 %; with one β for all contexts, the copy between
-      two slots of one stay still took another station of the day 2 % of the time, which made
-      three quarters of the one-slot blips A-X-A of the samples); and
+      two slots of one stay still took another station of the day 2 % of the time, 17× the data's
+      rate, the source of more than half of the one-slot blips A-X-A of the samples); and
       learned gate logits by the context of those two slots (:meth:`context_index`: inside a stay,
       at a boundary, one-sided, by span). Without them the gate gave a new station 8–11 % inside a
       stay (truth 0.3 %) and 16 % between two different stations (truth 38–44 %): a constant rate
@@ -106,9 +107,10 @@ class CopyHead(nn.Module):
             self.decay_gap = nn.Embedding(T + 1, 2)  # row 0: no such neighbour; row g: g slots away
             self.register_buffer("xy", torch.zeros(cfg.num_stations, 2))
             self.register_buffer("d_unit", torch.tensor(1.0))
-        # attention bias toward the nearest filled slot (before, after); set by reset_bias_
-        # by the context of those two slots (the rows of gate_context): inside a stay the copy is
-        # the bracket's station, at a boundary a return to an earlier station is likelier
+        # attention bias toward the nearest filled slot (before, after) by the context of those two
+        # slots (the rows of gate_context): inside a stay the copy is the bracket's station, at a
+        # boundary a return to an earlier station is likelier; 2 after reset_bias_, fitted by
+        # init_context_
         self.nearest_bias = nn.Embedding(5 * 8, 2) if cfg.copy_nearest else None  # biases, kept as a table
         # gate logits by the context of the nearest filled slots: none / before only / after only /
         # both with the same station / both with different ones, × 8 span lengths; zero at init

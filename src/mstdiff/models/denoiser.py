@@ -96,8 +96,8 @@ class DenoiserConfig:
     # filled slots before and after (a gravity model: popularity × learned power-law decay)
     move_decay: bool = False
     # copy head: learned attention biases toward the nearest filled slot before and after each token
-    # (a copy then prefers the stations that bracket the gap; init +2 each) and gate logits by their
-    # context (inside a stay, boundary, one side, span), started at the training set's odds
+    # (a copy then prefers the stations that bracket the gap) and gate logits, both by the context
+    # of those slots (inside a stay, boundary, one side, span) and started at the training set's odds
     copy_nearest: bool = False
     mask_token: bool = False  # the location input has a mask id (= num_stations): absorbing noise
     # slot activity channel: K classes (3: zero / partial / full slot; 2: zero / positive), diffused as
