@@ -131,6 +131,24 @@ def test_the_condition_changes_the_generated_modality(model, city):
     assert not np.array_equal(a, b)
 
 
+def test_condition_weight_zero_gives_the_same_traffic_for_any_trajectory(model, city):
+    """condition_weight = 0: the traffic is that of the model's own (free) trajectories, so it no
+    longer depends on which trajectories are given; the given ones are still passed through."""
+    free = model.with_sampling(condition_weight=0.0)
+    runs = []
+    for rows in (np.arange(6), np.arange(6, 12)):
+        ds = city.subset(rows)
+        obs = observed_from("locations", ds, city)
+        tr, lo = free.generate(generator=torch.Generator().manual_seed(0), condition=obs)
+        assert np.array_equal(lo, obs.locations)
+        runs.append(tr)
+    assert np.array_equal(runs[0], runs[1])
+    obs = observed_from("locations", city.subset(np.arange(6)), city)
+    half = model.with_sampling(condition_weight=0.5).generate(generator=torch.Generator().manual_seed(0),
+                                                              condition=obs)
+    assert not np.array_equal(half[0], runs[0])
+
+
 def test_observed_shapes_are_checked():
     z = np.zeros((2, 4), bool)
     with pytest.raises(InputError, match="shape"):
@@ -158,3 +176,7 @@ def test_cli_conditional_generation(model, city, tmp_path):
     bad = CliRunner().invoke(cli, ["generate", "--model", str(model_dir), "--like", str(like),
                                    "--condition", f"where={cond}", "--out", str(tmp_path / "g3")])
     assert bad.exit_code == 2 and "KIND=DIR" in bad.output
+    bad = CliRunner().invoke(cli, ["generate", "--model", str(model_dir), "--like", str(like),
+                                   "--condition", f"locations={cond}", "--sample", "condition_weight=-1",
+                                   "--out", str(tmp_path / "g4")])
+    assert bad.exit_code == 2 and "condition_weight = -1" in bad.output

@@ -15,6 +15,15 @@ unconditional model cannot get worse.
 * Locations: observed slots are fixed to their station (absorbing process: an unmasked token,
   which is never re-masked; graph process: a draw of ``q(l_s | l_obs)``, as RePaint does).
 * Output: the observed values are copied through exactly; only unobserved slots come from the model.
+* Weight of given locations on the traffic (sampling option ``condition_weight`` γ, default 1):
+  the model learns ``p(traffic | trajectory)`` on the training users, and on Shanghai Telecom it
+  memorises that pairing. Given the trajectories of its own training days, its traffic draws
+  correlate 0.54 with the real daily totals (CRPS 5.82 against 6.64 for random days). For unseen
+  users the correlation is 0.01, yet the draws stay as sure as before: within-condition spread of
+  the daily total 178 against 301 minutes; CRPS 8.68 against 6.80. With γ < 1 the sampler runs a
+  second chain of free locations on the same traffic state and mixes the two predictions
+  (classifier-free guidance, :meth:`HybridDiffusion.sample`). γ is chosen on validation
+  (``benchmarks/results/conditional/README.md``).
 
 Masks (``mask_rule``) say which slots are *generated*; the rest is observed.
 """
@@ -245,7 +254,7 @@ def sample_conditional(model: Any, obs: Observed, *, generator: torch.Generator,
             rows = obs.rows(np.arange(start, min(start + batch_size, n)))
             impute = make_imputer(model, rows, generator, device, reveal)
             tr, lo = model.sample(len(rows), generator=generator, device=device, impute=impute,
-                                  on_step=lambda: bar.update(1))
+                                  guide=bool(rows.location_mask.any()), on_step=lambda: bar.update(1))
             tr = np.where(rows.traffic_mask, rows.traffic, tr)
             lo = np.where(rows.location_mask, rows.locations, lo)
             traffic[start:start + len(rows)] = tr

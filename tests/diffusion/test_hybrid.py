@@ -145,3 +145,59 @@ def test_sample_T336():
     hy = make_hybrid()
     w0, l0 = hy.sample(tiny_model(T=336), 2, 336, torch.Generator().manual_seed(0))
     assert w0.shape == (2, 336) and l0.shape == (2, 336) and torch.isfinite(w0).all()
+
+
+class LocationEcho(torch.nn.Module):
+    """ε̂ = the location ids it is given (as floats), logits that prefer station 3."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, w, loc, s):
+        self.calls += 1
+        ids = loc.argmax(-1) if loc.dim() == 3 else loc
+        logits = torch.zeros((*w.shape, N))
+        logits[..., 3] = 5.0
+        return DenoiserOutput(eps=ids.float(), logits=logits)
+
+
+def fix_locations(c):
+    return lambda w, l, a, s: (w, torch.full_like(l, c), a)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.3, 2.0])
+def test_guided_output_mixes_free_and_given_predictions(gamma):
+    hy = make_hybrid(condition_weight=gamma)
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(3, T, generator=g)
+    l_free = torch.randint(0, N, (3, T), generator=g)
+    given = DenoiserOutput(eps=torch.full((3, T), 5.0), logits=torch.zeros(3, T, N))
+    mixed, nxt, _ = hy._guided(LocationEcho(), given, w, l_free, None, None, torch.full((3,), 4), g,
+                               None, False, None, gamma)
+    torch.testing.assert_close(mixed.eps, l_free.float() + gamma * (5.0 - l_free.float()))
+    assert mixed.logits is given.logits  # the given chain's locations are not guided
+    assert nxt.shape == l_free.shape and nxt.dtype == torch.long
+
+
+def test_condition_weight_zero_makes_traffic_ignore_the_given_locations():
+    def run(gamma, c, guide=True):
+        model = LocationEcho()
+        out = make_hybrid(condition_weight=gamma).sample(model, 4, T, torch.Generator().manual_seed(1),
+                                                         impute=fix_locations(c), guide=guide)
+        return out, model.calls
+
+    (a, calls), (b, _) = run(0.0, 2), run(0.0, 9)
+    assert torch.equal(a.w0, b.w0) and calls == 2 * S  # one more call per step: the free chain
+    assert (a.l0 == 2).all() and (b.l0 == 9).all()  # the given locations are still kept
+    (c1, calls1), (c2, _) = run(1.0, 2), run(1.0, 9)
+    assert calls1 == S and not torch.equal(c1.w0, c2.w0)  # γ = 1: the plain conditional, one call
+    half, _ = run(0.5, 2)
+    assert not torch.equal(half.w0, a.w0) and not torch.equal(half.w0, c1.w0)
+    unguided, calls_u = run(0.0, 2, guide=False)  # no location condition: nothing to weight
+    assert calls_u == S and torch.equal(unguided.w0, c1.w0)
+
+
+def test_condition_weight_must_not_be_negative():
+    with pytest.raises(InputError, match="condition_weight"):
+        HybridConfig(condition_weight=-0.5)

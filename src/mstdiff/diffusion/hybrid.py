@@ -27,6 +27,7 @@ reweighted by the likelihood of the observed ``l_1``. ``final_location="sample"`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mstdiff.config import Check, gt, one_of
+from mstdiff.config import Check, ge, gt, one_of
 from mstdiff.diffusion.common import sample_categorical, supports_rows
 from mstdiff.diffusion.gaussian import GaussianDiffusion, randn
 from mstdiff.errors import InputError
@@ -89,7 +90,7 @@ class HybridConfig:
     CHECKS: ClassVar[dict[str, Check]] = {
         "location_input": one_of(*LOCATION_INPUTS), "final_location": one_of(*FINAL_LOCATIONS),
         "location_draw": one_of(*LOCATION_DRAWS), "location_temperature": gt(0),
-        "unmask_order": one_of("random", "confidence"),
+        "unmask_order": one_of("random", "confidence"), "condition_weight": ge(0),
     }
 
     location_input: str = "sampled"  # "sampled": network gets ids l_s (D3PM); "soft": probabilities (paper)
@@ -101,8 +102,16 @@ class HybridConfig:
     # absorbing process: which masked slots unmask first, "random" (exact ancestral step) or
     # "confidence" (same count per step, most probable drawn stations first; MaskGIT)
     unmask_order: str = "random"
+    # conditional sampling with given locations: the weight γ of those locations on the traffic and
+    # activity predictions (1: the plain conditional; 0: the traffic of the model's own trajectories;
+    # between: ε = ε_free + γ (ε_given − ε_free), a tempered conditional, see HybridDiffusion.sample)
+    condition_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        if not self.condition_weight >= 0:
+            raise InputError(f"condition_weight = {self.condition_weight} must be 0 or more",
+                             fix="use 1 (the plain conditional), 0 (ignore the given locations "
+                                 "for the traffic) or a weight between")
         if not self.location_temperature > 0:
             raise InputError(f"location_temperature = {self.location_temperature} must be positive",
                              fix="use e.g. 1.0 (the model's own distribution) or 0.8 (sharper)")
@@ -313,6 +322,7 @@ class HybridDiffusion:
         progress: bool = False,
         on_step: Callable[[], None] | None = None,
         impute: Imputer | None = None,
+        guide: bool = False,
     ) -> HybridSample:
         """Algorithm 2: ``w_S ~ N(0, I)``, ``l_S`` from the process's stationary law (uniform for the
         graph process, all masked for the absorbing one); for s = S..1 one network call and one step.
@@ -325,6 +335,15 @@ class HybridDiffusion:
         step ``s`` (the prior draw at ``s = S``, then after every step to ``s − 1``) and returns the
         new ``(w, l, a)``: the network sees the observed values at every step and generates the
         rest consistently with them (replacement, as in RePaint and masked-token infilling).
+
+        ``guide`` (``impute`` gives locations) with ``config.condition_weight`` γ ≠ 1: a second chain
+        of *free* locations runs on the same traffic state (drawn by the model as in unconditional
+        sampling, never imputed), and the traffic noise and activity logits of each step are
+        ``ε_free + γ (ε_given − ε_free)``, where ``ε_given`` sees the imputed locations and ``ε_free``
+        the free ones: classifier-free guidance with the free chain as the marginal over locations,
+        i.e. the tempered conditional ``p(x)^(1−γ) p(x | l)^γ``. It costs one more network call per
+        step. The model learns ``p(traffic | trajectory)`` for the training users, where the pairing
+        can be memorised, so γ < 1 undoes overconfidence on unseen users (chosen on validation).
         """
         device = torch.device(device) if device is not None else self.gaussian.betas.device
         N, S = self.num_states, self.num_steps
@@ -351,6 +370,15 @@ class HybridDiffusion:
         a = self.activity.sample_prior((n, T), generator, device) if self.activity is not None else None
         if impute is not None:
             w, l, a = impute(w, l, a, S)
+        gamma = float(self.config.condition_weight)
+        guided = guide and impute is not None and gamma != 1.0
+        # the free chain: locations drawn from the prior and stepped by the model, never imputed
+        l_free = (self.discrete.sample_prior((n, T), generator, device)  # type: ignore[attr-defined]
+                  if guided and callable(prior) else
+                  torch.randint(0, N, (n, T), generator=generator, device=gen_device).to(device)
+                  if guided else None)
+        probs_free = probs.clone() if guided and probs is not None else None
+        cache_free = make_cache() if guided and callable(make_cache) else None
         # absorbing process, ids as input: which tokens unmask is decided before the network call,
         # which then scores those tokens only (each token unmasks once in S steps), and a step at
         # which nothing unmasks needs no call at all when there is no traffic or activity to denoise
@@ -375,6 +403,10 @@ class HybridDiffusion:
                 if a is not None:
                     extra["activity"] = a
                 out = model(w, loc_in, s, **extra)
+                if guided:
+                    assert l_free is not None
+                    out, l_free, probs_free = self._guided(model, out, w, l_free, probs_free, a, s,
+                                                           generator, cache_free, planned, plan_fn, gamma)
                 nxt = self.step(out, w, l, s, generator, cache, a_s=a, plan=plan)
                 w, l, a = nxt.w_prev, nxt.l_prev, nxt.a_prev
                 if impute is not None:
@@ -388,3 +420,26 @@ class HybridDiffusion:
             if callable(set_mode):
                 set_mode(was_training)
         return HybridSample(w0=w, l0=l, a0=a)
+
+    def _guided(self, model: Denoiser, out: Any, w: Tensor, l_free: Tensor, probs_free: Tensor | None,
+                a: Tensor | None, s: Tensor, generator: torch.Generator | None, cache: Any, planned: bool,
+                plan_fn: Any, gamma: float) -> tuple[Any, Tensor, Tensor | None]:
+        """One step of the free location chain on the traffic state ``w`` and the mixed output: the
+        traffic noise and activity logits ``free + γ (given − free)``, the location logits of the
+        given chain unchanged. Returns ``(mixed output, next free locations, their next probs)``."""
+        plan = plan_fn(l_free, s, generator, order=self.config.unmask_order) if planned else None
+        extra: dict[str, Any] = {} if plan is None else {"rows": plan[0]}
+        if a is not None:
+            extra["activity"] = a
+        free = model(w, probs_free if probs_free is not None else l_free, s, **extra)
+        nxt = self.step(free, w, l_free, s, generator, cache, a_s=a, plan=plan)
+
+        def mix(given: Tensor | None, f: Tensor | None) -> Tensor | None:
+            return given if given is None or f is None else f + gamma * (given - f)
+
+        act = getattr(out, "activity_logits", None)
+        act_free = getattr(free, "activity_logits", None)
+        if act is not None and act_free is not None:  # geometric mixing of the two laws
+            act, act_free = act.log_softmax(-1), act_free.log_softmax(-1)
+        mixed = dataclasses.replace(out, eps=mix(out.eps, free.eps), activity_logits=mix(act, act_free))
+        return mixed, nxt.l_prev, nxt.l_prev_probs

@@ -196,15 +196,17 @@ class MSTDiff:
         progress: bool = False,
         on_step: Callable[[], None] | None = None,
         impute: Any = None,
+        guide: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Algorithm 2 for ``n`` samples: traffic ``(n, T)`` float32 ≥ 0 and station ids ``(n, T)``.
 
         ``impute``: the conditioning hook of :meth:`HybridDiffusion.sample`
         (:func:`mstdiff.conditional.make_imputer`); for conditional generation use
-        :meth:`generate_conditional` or :func:`mstdiff.conditional.sample_conditional`."""
+        :meth:`generate_conditional` or :func:`mstdiff.conditional.sample_conditional`; ``guide``:
+        ``impute`` gives locations, weighted by the sampling option ``condition_weight``."""
         T = self.config.denoiser.seq_len
         out = self.hybrid.sample(self.denoiser, n, T, generator, device=device, progress=progress,
-                                 on_step=on_step, impute=impute)
+                                 on_step=on_step, impute=impute, guide=guide)
         l0 = out.l0.cpu().numpy().astype(np.int32)
         if not self.config.denoiser.use_traffic:  # "MSTDiff without traffic": trajectories only
             return np.zeros(l0.shape, dtype=np.float32), l0
