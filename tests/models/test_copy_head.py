@@ -292,3 +292,74 @@ def test_a_checkpoint_with_one_nearest_pull_loads_into_the_table_by_context():
     beta = m.copy.nearest_bias.weight.detach()
     assert beta.shape == (40, 2)
     assert torch.equal(beta[:, 0], torch.full((40,), 3.0)) and torch.equal(beta[:, 1], torch.full((40,), 1.5))
+
+
+def test_copy_split_gives_the_bracket_and_the_other_stations_apart():
+    m = denoiser(mask_token=True, copy_nearest=True, copy_split=True, near_k=0)
+    assert m.copy.gate.out_features == 3 and m.copy.gate_context.weight.shape == (40, 3)
+    m.eval()
+    loc = torch.full((1, T), N)
+    loc[0, [1, 5, 12]] = torch.tensor([7, 8, 9])
+    g = torch.Generator().manual_seed(21)
+    w, s = torch.randn(1, T, generator=g), torch.tensor([5])
+    with torch.no_grad():
+        m.copy.gate.weight.zero_()
+        p = m(w, loc, s).logits[0]
+        torch.testing.assert_close(p.logsumexp(-1), torch.zeros(T), atol=1e-4, rtol=0)
+        m.copy.gate.bias.copy_(torch.tensor([30.0, -30.0, -30.0]))  # the bracket's copy only
+        bracket = m(w, loc, s).logits[0].exp()
+        m.copy.gate.bias.copy_(torch.tensor([-30.0, -30.0, 30.0]))  # the other stations' copy only
+        other = m(w, loc, s).logits[0].exp()
+    assert float(bracket[3, [7, 8]].sum()) > 0.99 and float(other[3, 9]) > 0.99  # between 1 and 5
+    assert float(bracket[8, [8, 9]].sum()) > 0.99 and float(other[8, 7]) > 0.99
+    assert float(bracket[14, 9]) > 0.99 and float(other[14, [7, 8]].sum()) > 0.99
+    loc2 = torch.full((1, T), N)
+    loc2[0, [2, 9]] = 7  # one station only: nothing else to return to, the other gate is closed
+    with torch.no_grad():
+        m.copy.gate.bias.copy_(torch.tensor([0.0, -30.0, 30.0]))
+        p2 = m(w, loc2, s).logits[0].exp()
+    torch.testing.assert_close(p2.sum(-1), torch.ones(T), atol=1e-4, rtol=0)
+    assert float(p2[5, 7]) > 0.99  # the closed gate's mass goes to the open ones by their odds
+    with pytest.raises(InputError, match="copy_split needs copy_nearest"):
+        denoiser(copy_split=True)
+
+
+def test_copy_split_starts_at_the_training_odds_of_a_return():
+    m = denoiser(mask_token=True, copy_nearest=True, copy_split=True, near_k=0)
+    rng = np.random.default_rng(22)
+    stays = np.repeat(rng.integers(0, N, (300, 4)), T // 4, axis=1)  # four stays a day
+    m.init_copy_context_(stays, seed=2)
+    inside = m.copy.gate_context.weight.detach()[8 * 3].clone()  # (bracket, table, other)
+    assert float(inside[0] - inside[2]) > 3.0  # inside a stay the copy is the stay's station
+    pairs = rng.integers(0, N, (300, 2))
+    alternating = np.where(np.arange(T) % 2 == 0, pairs[:, :1], pairs[:, 1:])  # A X A X …
+    m.init_copy_context_(alternating, seed=2)
+    w = m.copy.gate_context.weight.detach()[8 * 3]
+    assert float(w[2] - w[0]) > 3.0  # between two A slots the truth is X: a station outside the bracket
+
+
+def test_motion_context_is_the_brute_force_arrival_at_each_nearest_slot():
+    from mstdiff.models.copy_head import CopyHead, nearest_filled
+
+    g = torch.Generator().manual_seed(23)
+    ids = torch.randint(0, 3, (6, T), generator=g)
+    valid = torch.rand(6, T, generator=g) < 0.6
+    before, after = nearest_filled(valid)
+    plain = CopyHead.context_index(ids, before, after)
+    got = CopyHead.context_index(ids, before, after, valid)
+    for b in range(6):
+        for t in range(T):
+            o, q = int(before[b, t]), int(after[b, t])
+            mb = o >= 1 and bool(valid[b, o - 1]) and int(ids[b, o - 1]) != int(ids[b, o])
+            ma = 0 <= q < T - 1 and bool(valid[b, q + 1]) and int(ids[b, q + 1]) != int(ids[b, q])
+            assert got[b, t] == plain[b, t] + 40 * (2 * mb + ma), (b, t)
+    m = denoiser(mask_token=True, copy_nearest=True, copy_motion=True, near_k=0)
+    assert m.copy.gate_context.weight.shape == (160, 2) and m.copy.nearest_bias.weight.shape == (160, 2)
+    loc = torch.where(valid[:1], ids[:1], N)
+    out = m(torch.randn(1, T), loc, torch.tensor([3])).logits
+    torch.testing.assert_close(out.logsumexp(-1), torch.zeros(1, T), atol=1e-4, rtol=0)
+    trip = np.tile(np.arange(T) % N, (50, 1))  # a new cell every slot: always moving
+    m.init_copy_context_(trip, seed=0)
+    w = m.copy.gate_context.weight.detach()
+    # between two filled cells of a trip (both sides moving, one slot apart): a new cell, not a copy
+    assert float(w[40 * 3 + 8 * 4, 1] - w[40 * 3 + 8 * 4, 0]) > 3.0

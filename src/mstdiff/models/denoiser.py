@@ -99,6 +99,14 @@ class DenoiserConfig:
     # (a copy then prefers the stations that bracket the gap) and gate logits, both by the context
     # of those slots (inside a stay, boundary, one side, span) and started at the training set's odds
     copy_nearest: bool = False
+    # copy head (with copy_nearest): the copy splits in two gated parts, the stations of the nearest
+    # filled slots before / after (stay, or step back to a neighbour) and the other stations of the
+    # input (a return to an earlier place), each with its odds by context
+    copy_split: bool = False
+    # copy head (with copy_nearest): the context also says, for each of the two nearest filled slots,
+    # whether the user was moving there (the filled slot beyond it holds another station), so that a
+    # slot between two cells of a trip can tell itself from one between two stays
+    copy_motion: bool = False
     mask_token: bool = False  # the location input has a mask id (= num_stations): absorbing noise
     # slot activity channel: K classes (3: zero / partial / full slot; 2: zero / positive), diffused as
     # its own absorbing stream beside the locations; 0: none (traffic atoms from the decoder alone)
@@ -132,6 +140,10 @@ class DenoiserConfig:
         if (self.move_decay or self.copy_nearest) and not self.copy_head:
             raise InputError("denoiser.move_decay and copy_nearest need copy_head = true (the copy head "
                              "holds them)", fix="set copy_head = true, or both options false")
+        for name in ("copy_split", "copy_motion"):
+            if getattr(self, name) and not self.copy_nearest:
+                raise InputError(f"denoiser.{name} needs copy_nearest = true (it works on the nearest "
+                                 "filled slots)", fix=f"set copy_nearest = true, or {name} = false")
         if self.mask_token and not self.use_locations:
             raise InputError("denoiser.mask_token needs use_locations = true")
         if self.activity_classes and (not self.use_locations or not self.use_traffic
