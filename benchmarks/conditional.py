@@ -3,7 +3,8 @@
 Tasks (on ``--n`` real samples of ``--real``, ``--k`` draws per condition):
 
 * ``traffic | locations`` — traffic for the real trajectories. Scores: CRPS and energy score per
-  sample against the real traffic, coverage of the 50 % / 90 % intervals; joint metrics of
+  sample against the real traffic, coverage of the 50 % / 90 % intervals; the volume JSD of all
+  draws against the whole real split (the generated modality's unconditional metric); joint metrics of
   (generated traffic, real locations) against the real set. References: the unconditional model
   (K of its samples per condition), a class-hour baseline (K draws from the training traffic
   seen at the same station class and hour) and the traffic of the K training days whose station
@@ -38,6 +39,7 @@ from mstdiff.conditional import mask_rule, observed_from
 from mstdiff.data import PreparedDataset
 from mstdiff.metrics import paired
 from mstdiff.metrics.joint import joint_jsd, joint_profile_rmse, location_classes
+from mstdiff.metrics.traffic import traffic_volume_jsd
 from mstdiff.threads import set_threads
 from mstdiff.training.mstdiff import MSTDiff
 
@@ -87,6 +89,27 @@ def traffic_scores(draws, truth, mask=None) -> dict[str, float]:
             "cover90": paired.interval_coverage(draws, truth, 0.9, mask)}
 
 
+def volume_jsd(real_traffic: np.ndarray, draws: np.ndarray) -> dict[str, float]:
+    """The unconditional traffic metric of the generated modality: the volume JSD of all n·K draws
+    against the whole real split."""
+    return {"volume_jsd": traffic_volume_jsd(real_traffic, draws.reshape(-1, draws.shape[-1]))}
+
+
+def joint_floor(real_pair, train: PreparedDataset, codes: np.ndarray, n: int, seed: int,
+                draws: int = 5) -> dict[str, float]:
+    """The joint metrics of n real (traffic, locations) pairs of other users (training days)
+    against the n real pairs: what another draw of real users scores (mean and sd over draws)."""
+    rng = np.random.default_rng(seed + 6)
+    jj, jr = [], []
+    for _ in range(draws):
+        idx = rng.choice(train.n_samples, size=n, replace=False)
+        pair = (np.asarray(train.traffic)[idx], np.asarray(train.locations)[idx])
+        jj.append(joint_jsd(real_pair, pair, codes))
+        jr.append(joint_profile_rmse(real_pair, pair, codes))
+    return {"joint_jsd": float(np.mean(jj)), "joint_jsd_sd": float(np.std(jj)),
+            "joint_rmse": float(np.mean(jr)), "joint_rmse_sd": float(np.std(jr))}
+
+
 def location_scores(draws, truth, lat, lon, mask=None) -> dict[str, float]:
     return {"top1": paired.location_accuracy(draws, truth, 1, mask),
             "top5": paired.location_accuracy(draws, truth, 5, mask),
@@ -122,7 +145,7 @@ def main() -> None:
     truth_l = observed_from("locations", cond, train).locations  # on the train station table
     truth_m = cond.traffic
     results: dict[str, dict[str, float]] = {}
-    references(results, train, truth_l, truth_m, codes, K, args.seed)
+    references(results, train, truth_l, truth_m, codes, K, args.seed, real.traffic)
     if args.references_only:
         write(results, args, n, K, opts)
         return
@@ -151,9 +174,10 @@ def main() -> None:
 
     # traffic | locations
     c_tr, _, secs = draws("locations", seed=args.seed + 10)
-    results["traffic|locations: MSTDiff conditional"] = {**traffic_scores(c_tr, truth_m), "seconds": secs}
-    results["traffic|locations: MSTDiff unconditional"] = {**traffic_scores(un_tr, truth_m),
-                                                            "seconds": secs_un}
+    results["traffic|locations: MSTDiff conditional"] = {**traffic_scores(c_tr, truth_m),
+                                                          **volume_jsd(real.traffic, c_tr), "seconds": secs}
+    results["traffic|locations: MSTDiff unconditional"] = {
+        **traffic_scores(un_tr, truth_m), **volume_jsd(real.traffic, un_tr), "seconds": secs_un}
     # joint metrics of (one draw of traffic, the locations it was drawn for) against the real pairs
     real_pair = (truth_m, truth_l)
     for name, tr, lo in [("traffic|locations: MSTDiff conditional", c_tr[:, 0], truth_l),
@@ -188,22 +212,30 @@ def main() -> None:
 
 
 def references(results: dict[str, dict[str, float]], train: PreparedDataset, truth_l: np.ndarray,
-               truth_m: np.ndarray, codes: np.ndarray, K: int, seed: int) -> None:
-    """The model-free references of traffic | locations (same seeds as before the split)."""
+               truth_m: np.ndarray, codes: np.ndarray, K: int, seed: int, real_traffic: np.ndarray) -> None:
+    """The model-free references of traffic | locations (same seeds as before the split), and the
+    floor of the joint metrics (other users' real pairs)."""
     n = truth_l.shape[0]
     class_hour = class_hour_sampler(train, codes, np.random.default_rng(seed + 2))
-    results["traffic|locations: class-hour baseline"] = traffic_scores(class_hour(truth_l, K), truth_m)
+    ch = class_hour(truth_l, K)
+    results["traffic|locations: class-hour baseline"] = {**traffic_scores(ch, truth_m),
+                                                          **volume_jsd(real_traffic, ch)}
     nearest = nearest_days_sampler(train, np.random.default_rng(seed + 4))
-    results["traffic|locations: nearest training days"] = traffic_scores(nearest(truth_l, K), truth_m)
+    nd = nearest(truth_l, K)
+    results["traffic|locations: nearest training days"] = {**traffic_scores(nd, truth_m),
+                                                            **volume_jsd(real_traffic, nd)}
     any_days = np.asarray(train.traffic, dtype=np.float32)[
         np.random.default_rng(seed + 5).integers(0, train.n_samples, (n, K))]  # (n, K, T)
-    results["traffic|locations: random training days"] = traffic_scores(any_days, truth_m)
+    results["traffic|locations: random training days"] = {**traffic_scores(any_days, truth_m),
+                                                           **volume_jsd(real_traffic, any_days)}
+    results["traffic|locations: floor (other users' real pairs)"] = joint_floor(
+        (truth_m, truth_l), train, codes, n, seed)
 
 
 def write(results: dict[str, dict[str, float]], args: argparse.Namespace, n: int, K: int,
           opts: dict[str, object]) -> None:
-    cols = ["crps", "energy", "cover50", "cover90", "top1", "top5", "dist_km", "joint_jsd",
-            "joint_rmse", "seconds"]
+    cols = ["crps", "energy", "cover50", "cover90", "volume_jsd", "top1", "top5", "dist_km", "joint_jsd",
+            "joint_jsd_sd", "joint_rmse", "joint_rmse_sd", "seconds"]
     lines = ["| task: model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for name, r in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{r[c]:.4f}" if c in r else "" for c in cols) + " |")
