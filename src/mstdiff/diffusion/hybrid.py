@@ -351,13 +351,11 @@ class HybridDiffusion:
         # a network without traffic: no Gaussian draw (the location draws stay those of a joint model)
         w = (randn((n, T), generator=generator, device=device) if with_traffic
              else torch.zeros((n, T), device=device))  # (n, T)
-        gen_device = generator.device if generator is not None else device
         prior = getattr(self.discrete, "stationary", None)
+        l = self._prior_locations(n, T, generator, device)  # (n, T)
         if callable(prior):  # a process with its own stationary law (absorbing: all masked)
-            l = self.discrete.sample_prior((n, T), generator, device)  # type: ignore[attr-defined]
             pi = prior().to(device)
         else:  # the graph process: uniform over the N stations
-            l = torch.randint(0, N, (n, T), generator=generator, device=gen_device).to(device)  # (n, T)
             pi = torch.full((N,), 1.0 / N, device=device)
         soft = self.config.location_input == "soft"
         probs = pi.expand(n, T, -1).clone() if soft else None  # (n, T, N) (absorbing: N + 1)
@@ -373,10 +371,7 @@ class HybridDiffusion:
         gamma = float(self.config.condition_weight)
         guided = guide and impute is not None and gamma != 1.0
         # the free chain: locations drawn from the prior and stepped by the model, never imputed
-        l_free = (self.discrete.sample_prior((n, T), generator, device)  # type: ignore[attr-defined]
-                  if guided and callable(prior) else
-                  torch.randint(0, N, (n, T), generator=generator, device=gen_device).to(device)
-                  if guided else None)
+        l_free = self._prior_locations(n, T, generator, device) if guided else None
         probs_free = probs.clone() if guided and probs is not None else None
         cache_free = make_cache() if guided and callable(make_cache) else None
         # absorbing process, ids as input: which tokens unmask is decided before the network call,
@@ -399,10 +394,7 @@ class HybridDiffusion:
                         if on_step is not None:
                             on_step()
                         continue  # nothing to unmask and nothing else to denoise: l_{s-1} = l_s
-                extra: dict[str, Any] = {} if plan is None else {"rows": plan[0]}
-                if a is not None:
-                    extra["activity"] = a
-                out = model(w, loc_in, s, **extra)
+                out = self._call(model, w, loc_in, s, a, plan)
                 if guided:
                     assert l_free is not None
                     out, l_free, probs_free = self._guided(model, out, w, l_free, probs_free, a, s,
@@ -421,6 +413,24 @@ class HybridDiffusion:
                 set_mode(was_training)
         return HybridSample(w0=w, l0=l, a0=a)
 
+    def _prior_locations(self, n: int, T: int, generator: torch.Generator | None,
+                         device: torch.device) -> Tensor:
+        """``l_S (n, T)``: the process's own prior draw (absorbing: all masked), else uniform."""
+        if callable(getattr(self.discrete, "stationary", None)):
+            return self.discrete.sample_prior((n, T), generator, device)  # type: ignore[attr-defined]
+        gen_device = generator.device if generator is not None else device
+        return torch.randint(0, self.num_states, (n, T), generator=generator, device=gen_device).to(device)
+
+    @staticmethod
+    def _call(model: Denoiser, w: Tensor, loc_in: Tensor, s: Tensor, a: Tensor | None,
+              plan: tuple[Tensor, Tensor | None] | None) -> Any:
+        """The network call of a reverse step: the planned rows only (absorbing process) and the
+        activity stream where there is one."""
+        extra: dict[str, Any] = {} if plan is None else {"rows": plan[0]}
+        if a is not None:
+            extra["activity"] = a
+        return model(w, loc_in, s, **extra)
+
     def _guided(self, model: Denoiser, out: Any, w: Tensor, l_free: Tensor, probs_free: Tensor | None,
                 a: Tensor | None, s: Tensor, generator: torch.Generator | None, cache: Any, planned: bool,
                 plan_fn: Any, gamma: float) -> tuple[Any, Tensor, Tensor | None]:
@@ -428,10 +438,7 @@ class HybridDiffusion:
         traffic noise and activity logits ``free + γ (given − free)``, the location logits of the
         given chain unchanged. Returns ``(mixed output, next free locations, their next probs)``."""
         plan = plan_fn(l_free, s, generator, order=self.config.unmask_order) if planned else None
-        extra: dict[str, Any] = {} if plan is None else {"rows": plan[0]}
-        if a is not None:
-            extra["activity"] = a
-        free = model(w, probs_free if probs_free is not None else l_free, s, **extra)
+        free = self._call(model, w, probs_free if probs_free is not None else l_free, s, a, plan)
         nxt = self.step(free, w, l_free, s, generator, cache, a_s=a, plan=plan)
 
         def mix(given: Tensor | None, f: Tensor | None) -> Tensor | None:

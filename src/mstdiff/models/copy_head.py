@@ -36,6 +36,12 @@ def nearest_filled(valid: Tensor) -> tuple[Tensor, Tensor]:
     return before, torch.where(after >= 0, T - 1 - after, -1)
 
 
+def station_at(ids: Tensor, slot: Tensor) -> Tensor:
+    """The station of ``ids (B, T)`` at ``slot (B, T)`` (as from :func:`nearest_filled`), −1 where
+    the slot is −1 (no such slot)."""
+    return torch.where(slot >= 0, ids.gather(1, slot.clamp_min(0)), -1)
+
+
 class CopyHead(nn.Module):
     """Pointer/copy output: a mixture of copying, moving nearby and the station table.
 
@@ -248,7 +254,7 @@ class CopyHead(nn.Module):
             assert nearest is not None
             bracket = torch.zeros_like(attn, dtype=torch.bool)  # (B, T, T'): t' holds a bracket station
             for other in nearest:
-                st = torch.where(other >= 0, ids.gather(1, other.clamp_min(0)), -1)  # (B, T)
+                st = station_at(ids, other)  # (B, T)
                 bracket |= (ids[:, None, :] == st[:, :, None]) & (other >= 0)[:, :, None]
             rest = valid[:, None, :] & ~bracket
             attn_o = attn * rest
@@ -337,7 +343,7 @@ class CopyHead(nn.Module):
                 n.index_add_(0, idx[m], torch.ones(int(m.sum()), dtype=torch.float64))
                 hit.index_add_(0, idx[m], held[m].double())
                 if self.split:
-                    sides = [torch.where(o >= 0, Lb.gather(1, o.clamp_min(0)), -1) for o in (before, after)]
+                    sides = [station_at(Lb, o) for o in (before, after)]
                     outside = held & (Lb != sides[0]) & (Lb != sides[1])  # held, not a bracket's
                     hit_o.index_add_(0, idx[m], outside[m].double())
                 if self.nearest_bias is None:
