@@ -116,28 +116,47 @@ def location_scores(draws, truth, lat, lon, mask=None) -> dict[str, float]:
             "dist_km": paired.location_distance_km(draws, truth, lat, lon, mask)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path)
+def common_arguments(ap: argparse.ArgumentParser, *, model_required: bool) -> None:
+    """The options shared with ``conditional_spread.py``: the model, the sets, the conditions'
+    count and draws, the seed, the threads and the sampling options."""
+    ap.add_argument("--model", type=Path, required=model_required)
     ap.add_argument("--train", type=Path, required=True)
     ap.add_argument("--real", type=Path, required=True)
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--sample", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--reveal", default="immediate", choices=["scheduled", "immediate"])
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--references-only", action="store_true",
-                    help="only the model-free references of traffic | locations (no --model needed)")
-    args = ap.parse_args()
+
+
+def setup(args: argparse.Namespace) -> tuple[dict[str, object], PreparedDataset, PreparedDataset,
+                                             PreparedDataset]:
+    """From the :func:`common_arguments`: set the threads; return the sampling options, the
+    training set, the real set and the conditions (a seeded pick of ``--n`` real samples, in order)."""
     set_threads(args.threads)
     opts = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.sample)}
     train, real = PreparedDataset.load(args.train), PreparedDataset.load(args.real)
     rng = np.random.default_rng(args.seed)
     pick = np.sort(rng.choice(real.n_samples, size=min(args.n, real.n_samples), replace=False))
-    cond = real.subset(pick)
+    return opts, train, real, real.subset(pick)
+
+
+def random_days(train: PreparedDataset, n: int, K: int, seed: int) -> np.ndarray:
+    """The traffic of ``K`` random training days per condition ``(n, K, T)``: the marginal."""
+    pick = np.random.default_rng(seed + 5).integers(0, train.n_samples, (n, K))
+    return np.asarray(train.traffic, dtype=np.float32)[pick]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common_arguments(ap, model_required=False)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--reveal", default="immediate", choices=["scheduled", "immediate"])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--references-only", action="store_true",
+                    help="only the model-free references of traffic | locations (no --model needed)")
+    args = ap.parse_args()
+    opts, train, real, cond = setup(args)
     n, K, T = cond.n_samples, args.k, cond.T
     lat = train.stations["lat"].to_numpy(float)
     lon = train.stations["lon"].to_numpy(float)
@@ -224,8 +243,7 @@ def references(results: dict[str, dict[str, float]], train: PreparedDataset, tru
     nd = nearest(truth_l, K)
     results["traffic|locations: nearest training days"] = {**traffic_scores(nd, truth_m),
                                                             **volume_jsd(real_traffic, nd)}
-    any_days = np.asarray(train.traffic, dtype=np.float32)[
-        np.random.default_rng(seed + 5).integers(0, train.n_samples, (n, K))]  # (n, K, T)
+    any_days = random_days(train, n, K, seed)  # (n, K, T)
     results["traffic|locations: random training days"] = {**traffic_scores(any_days, truth_m),
                                                            **volume_jsd(real_traffic, any_days)}
     results["traffic|locations: floor (other users' real pairs)"] = joint_floor(

@@ -23,12 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
+from conditional import common_arguments, random_days, setup  # benchmarks/conditional.py
 from mstdiff.conditional import observed_from
-from mstdiff.data import PreparedDataset
 from mstdiff.metrics import paired
-from mstdiff.threads import set_threads
 from mstdiff.training.mstdiff import MSTDiff
 
 
@@ -43,29 +41,15 @@ def spread(draws: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--train", type=Path, required=True)
-    ap.add_argument("--real", type=Path, required=True)
-    ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--sample", action="append", default=[], metavar="KEY=VALUE")
+    common_arguments(ap, model_required=True)
     ap.add_argument("--unconditional", action="store_true", help="also K unconditional draws")
     ap.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = ap.parse_args()
-    set_threads(args.threads)
-    opts = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.sample)}
-    train, real = PreparedDataset.load(args.train), PreparedDataset.load(args.real)
-    pick = np.sort(np.random.default_rng(args.seed).choice(real.n_samples, min(args.n, real.n_samples),
-                                                           replace=False))
-    cond = real.subset(pick)
+    opts, train, _, cond = setup(args)
     n, K, T = cond.n_samples, args.k, cond.T
     model = MSTDiff.load(args.model).with_sampling(**opts)
     rows: dict[str, dict[str, float]] = {}
-    pick_days = np.random.default_rng(args.seed + 5).integers(0, train.n_samples, (n, K))
-    days = np.asarray(train.traffic, np.float32)[pick_days]  # (n, K, T)
-    rows["random training days"] = spread(days, cond.traffic)
+    rows["random training days"] = spread(random_days(train, n, K, args.seed), cond.traffic)
     obs = observed_from("locations", cond, train).rows(np.repeat(np.arange(n), K))
     tr, _ = model.generate(generator=torch.Generator().manual_seed(args.seed + 10), condition=obs,
                            batch_size=256)
