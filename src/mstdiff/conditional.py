@@ -245,6 +245,10 @@ def sample_conditional(model: Any, obs: Observed, *, generator: torch.Generator,
     """One sample per row of ``obs``: traffic ``(n, T)`` and locations ``(n, T)``, observed values
     copied through exactly."""
     n, T = obs.traffic.shape
+    if getattr(model, "assigner", None) is not None and (obs.location_mask.any() or obs.traffic_mask.any()):
+        raise InputError("a day-pattern model (model.pattern.enabled) generates unconditionally only: "
+                         "its network draws patterns of places, not stations", where="condition",
+                         fix="generate without a condition, or train with model.pattern.enabled: false")
     traffic = np.empty((n, T), dtype=np.float32)
     locations = np.empty((n, T), dtype=np.int32)
     S = model.hybrid.num_steps

@@ -51,6 +51,7 @@ from mstdiff.training.mstdiff import (
     ModelConfig,
     MSTDiff,
     TrainConfig,
+    check_pattern,
     generate,
     has_traffic,
     load_transition,
@@ -187,6 +188,8 @@ def check_run_config(config: RunConfig, origins: dict[str, str] | None = None) -
                  exclude=("overwrite", "num_steps"),
                  checks={"k": ge(1), "eps": gt(0), "tv_target": between(0, 1, open_lo=True),
                          "dist_quantile": between(0, 1, open_lo=True), "max_dist": gt(0)})
+    check_pattern(config.model)
+    config.model.pattern.validate_for(config.model.denoiser.seq_len)
     bad = sorted(set(config.generate.sampling) - {f.name for f in dataclasses.fields(HybridConfig)})
     if bad:
         raise err(f"generate.sampling.{bad[0]}", f"unknown sampling option(s) {bad}",

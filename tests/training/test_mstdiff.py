@@ -298,3 +298,96 @@ def test_station_counts_of_slots_and_of_arrivals_against_a_loop():
     assert station_counts(L, 6, "arrivals").sum() < L.size  # stays longer than a slot count once
     with pytest.raises(InputError, match="station counts"):
         station_counts(L, 6, "visits")
+
+
+def _pattern_config(**pattern):
+    from dataclasses import replace
+
+    from mstdiff.diffusion.location import LocationConfig
+    from mstdiff.models.day_pattern import DayPatternConfig
+
+    base = model_config()
+    return replace(base, location=LocationConfig(process="absorbing"),
+                   pattern=DayPatternConfig(enabled=True, labels=64, **pattern),
+                   denoiser=replace(base.denoiser, use_traffic=False, near_k=0, copy_nearest=True))
+
+
+def test_a_pattern_model_draws_patterns_then_stations(city, tmp_path):
+    from mstdiff.models.day_pattern import day_patterns
+
+    traj = _no_traffic(city)
+    res = train_mstdiff(traj, traj.subset(np.arange(8)), discrete=None, vqvae=None,
+                        model_config=_pattern_config(), train_config=train_config(epochs=2),
+                        out_dir=tmp_path / "m")
+    assert res.steps > 0 and any("val_total" in h for h in res.history)
+    model = MSTDiff.load(tmp_path / "m")
+    assert model.assigner is not None and model.n_stations == city.n_stations
+    assert model.hybrid.num_states == 64 and model.denoiser.config.num_stations == 64  # the labels
+    _, lo = model.sample(10, generator=torch.Generator().manual_seed(0))
+    assert lo.shape == (10, city.T) and lo.min() >= 0 and lo.max() < city.n_stations
+    same = model.with_sampling(location_temperature=1.0)
+    _, lo2 = same.sample(10, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(lo, lo2)  # same seed, same stations; sampling options keep the assigner
+    g = generate(model, traj, 5, tmp_path / "g", seed=0, batch_size=4, progress=False)
+    assert g.n_samples == 5 and g.n_stations == city.n_stations
+    # the stations realise the drawn pattern: as many distinct stations as distinct labels
+    assert (day_patterns(g.locations).max(1) + 1 == [len(set(r)) for r in g.locations]).all()
+
+
+def test_pattern_training_maps_the_labels_afresh_every_epoch_and_resumes_exactly(city, tmp_path, monkeypatch):
+    import mstdiff.training.mstdiff as tm
+
+    traj = _no_traffic(city)
+    seen = []
+
+    def record(labels, P, g):
+        out = permute(labels, P, g)
+        seen.append(out.clone())
+        return out
+
+    permute = tm.permute_labels
+    monkeypatch.setattr(tm, "permute_labels", record)
+    kw = dict(discrete=None, vqvae=None, model_config=_pattern_config(), train_config=train_config(epochs=3))
+    train_mstdiff(traj, traj.subset(np.arange(8)), out_dir=tmp_path / "a", **kw)
+    assert len(seen) == 1 + 3  # the validation set once, the training set every epoch
+    assert all(not torch.equal(seen[i], seen[j]) for i in range(1, 4) for j in range(i + 1, 4))
+
+    def interrupt(step, parts):  # Ctrl-C mid-epoch 2 (3 batches per epoch)
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_mstdiff(traj, traj.subset(np.arange(8)), out_dir=tmp_path / "b", callback=interrupt, **kw)
+    train_mstdiff(traj, traj.subset(np.arange(8)), out_dir=tmp_path / "b", resume=True, **kw)
+    for k, v in weights(tmp_path / "a").items():
+        torch.testing.assert_close(weights(tmp_path / "b")[k], v, rtol=0, atol=0)
+
+
+def test_pattern_config_errors_and_no_conditions(city, tmp_path):
+    from dataclasses import replace
+
+    from mstdiff.conditional import Observed, sample_conditional
+    from mstdiff.diffusion.location import LocationConfig
+    from mstdiff.training.mstdiff import check_pattern
+
+    cfg = _pattern_config()
+    check_pattern(cfg)
+    with pytest.raises(InputError, match="absorbing"):
+        check_pattern(replace(cfg, location=LocationConfig(process="graph")))
+    with pytest.raises(InputError, match="near_k"):
+        check_pattern(replace(cfg, denoiser=replace(cfg.denoiser, near_k=4)))
+    with pytest.raises(InputError, match="use_traffic"):
+        train_mstdiff(city, None, discrete=None, vqvae=None, model_config=replace(
+            cfg, denoiser=replace(cfg.denoiser, use_traffic=True)), train_config=train_config(max_steps=1),
+            out_dir=tmp_path / "x")
+    traj = _no_traffic(city)
+    train_mstdiff(traj, None, discrete=None, vqvae=None, model_config=cfg,
+                  train_config=train_config(max_steps=2), out_dir=tmp_path / "m")
+    model = MSTDiff.load(tmp_path / "m")
+    n, T = 3, city.T
+    mask = np.zeros((n, T), dtype=bool)
+    mask[:, :4] = True
+    obs = Observed(np.zeros((n, T), np.float32), traj.locations[:n].astype(np.int64),
+                   np.zeros((n, T), bool), mask)
+    with pytest.raises(InputError, match="unconditionally"):
+        sample_conditional(model, obs, generator=torch.Generator(), device=torch.device("cpu"))

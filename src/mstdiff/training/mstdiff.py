@@ -44,6 +44,7 @@ from mstdiff.diffusion.hybrid import HybridConfig, HybridDiffusion
 from mstdiff.diffusion.location import LocationConfig, make_location_process
 from mstdiff.errors import InputError
 from mstdiff.io import atomic_dir, atomic_write_text, check_output_dir, run_meta, write_json
+from mstdiff.models.day_pattern import DayPatternConfig, StationAssigner, day_patterns, permute_labels
 from mstdiff.models.denoiser import DenoiserConfig, MSTDiffDenoiser
 from mstdiff.models.losses import training_loss
 from mstdiff.models.vqvae import VQVAE
@@ -127,6 +128,30 @@ class ModelConfig:
     # slot activity channel (zero / partial / full slot) diffused beside the locations; its classes
     # set the traffic atoms at decoding (off: the calibrated decoder's thresholds set them)
     activity: bool = False
+    # trajectories only: diffuse the day's pattern of places, then draw its stations from training
+    # counts (mstdiff.models.day_pattern); off: the network draws the stations themselves
+    pattern: DayPatternConfig = field(default_factory=DayPatternConfig)
+
+
+def check_pattern(config: ModelConfig, where: str = "model") -> None:
+    """``model.pattern.enabled`` needs a trajectory-only model with absorbing noise and a copy head
+    that reads no station coordinates (the pattern's labels have none)."""
+    if not config.pattern.enabled:
+        return
+    d = config.denoiser
+    needs = [
+        (config.location.process == "absorbing", "location.process = 'absorbing'",
+         "the labels have no transition graph"),
+        (not d.use_traffic, "denoiser.use_traffic = false", "the pattern carries no traffic"),
+        (d.use_locations, "denoiser.use_locations = true", "the pattern is the location stream"),
+        (d.near_k == 0, "denoiser.near_k = 0", "the labels have no map"),
+        (not d.move_decay, "denoiser.move_decay = false", "the labels have no map"),
+        (not config.activity, "activity = false", "there is no traffic"),
+    ]
+    for ok, setting, why in needs:
+        if not ok:
+            raise InputError(f"{where}.pattern.enabled needs {setting} ({why})", where=f"{where}.pattern",
+                             fix=f"set {where}.{setting.replace(' = ', ': ')}, or pattern.enabled: false")
 
 
 @dataclass
@@ -169,6 +194,13 @@ class MSTDiff:
     hybrid: HybridDiffusion
     scaler: TrafficScaler
     config: ModelConfig
+    # model.pattern: the network draws day patterns, this draws their stations
+    assigner: StationAssigner | None = None
+
+    @property
+    def n_stations(self) -> int:
+        """Stations of the generated trajectories (the pattern model's network has its labels)."""
+        return self.assigner.n_stations if self.assigner is not None else int(self.hybrid.num_states)
 
     def to(self, device: torch.device | str) -> MSTDiff:
         self.denoiser.to(device)
@@ -188,7 +220,8 @@ class MSTDiff:
         hcfg = dataclasses.replace(self.hybrid.config, **options)
         hybrid = HybridDiffusion(self.hybrid.gaussian, self.hybrid.discrete, hcfg,
                                  activity=self.hybrid.activity)
-        return MSTDiff(self.denoiser, hybrid, self.scaler, dataclasses.replace(self.config, hybrid=hcfg))
+        return MSTDiff(self.denoiser, hybrid, self.scaler, dataclasses.replace(self.config, hybrid=hcfg),
+                       assigner=self.assigner)
 
     @torch.no_grad()
     def sample(
@@ -208,6 +241,9 @@ class MSTDiff:
         out = self.hybrid.sample(self.denoiser, n, T, generator, device=device, progress=progress,
                                  on_step=on_step, impute=impute, guide=guide)
         l0 = out.l0.cpu().numpy().astype(np.int32)
+        if self.assigner is not None:  # l0 holds day patterns: draw their stations
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+            l0 = self.assigner.assign(l0, np.random.default_rng(seed))
         if not self.config.denoiser.use_traffic:  # "MSTDiff without traffic": trajectories only
             return np.zeros(l0.shape, dtype=np.float32), l0
         x = idwt(out.w0)
@@ -244,6 +280,7 @@ class MSTDiff:
                              if self.denoiser.vqvae is not None else None),
             "scaler": self.scaler.to_dict(),
             "transition_path": transition_path,
+            "pattern_state": self.assigner.to_state() if self.assigner is not None else None,
             "meta": meta,
         })
 
@@ -276,13 +313,20 @@ class MSTDiff:
             raise InputError(f"the weights do not fit the model they describe ({first}): written by an "
                              "incompatible version, or damaged", where=str(path),
                              fix="re-train it with this version (`mstdiff train`)") from None
+        assigner = None
+        if config.pattern.enabled:
+            if not payload.get("pattern_state"):
+                raise InputError("a pattern model file without its station assigner", where=str(path),
+                                 fix="re-train it with this version (`mstdiff train`)")
+            assigner = StationAssigner.from_state(payload["pattern_state"], config.pattern)
         if discrete is None and config.location.process == "graph":
             discrete = load_transition(_resolve_relative(payload["transition_path"], path.parent))
         discrete = make_location_process(config.location, num_states=config.denoiser.num_stations,
                                          num_steps=config.gaussian.num_steps, graph=discrete)
         hybrid = HybridDiffusion(GaussianDiffusion(config.gaussian), discrete, config.hybrid,
                                  activity=activity_process(config))
-        return cls(denoiser, hybrid, TrafficScaler.from_dict(payload["scaler"]), config).to(map_location)
+        return cls(denoiser, hybrid, TrafficScaler.from_dict(payload["scaler"]), config,
+                   assigner=assigner).to(map_location)
 
 
 CALIBRATION_SEED_OFFSET = 104_729  # the calibration draws use train.seed + this (apart from generation)
@@ -332,6 +376,8 @@ def load_transition(path: str | os.PathLike[str]) -> Any:
 
 
 # ----------------------------------------------------------------------------- training
+
+PATTERN_SEED_OFFSET = 15_485_863  # the label mappings of epoch e use this + 1000 · train.seed + e
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> Tensor:
@@ -482,14 +528,29 @@ def _train(
                          fix="pass --resume to continue it, or choose a new --out")
     if cfg.num_threads:
         set_threads(cfg.num_threads)  # torch, Numba and DuckDB alike
-    discrete = make_location_process(model_config.location, num_states=train.n_stations,
-                                     num_steps=model_config.gaussian.num_steps, graph=discrete)
     scaler = TrafficScaler.for_dataset(train)
     model_config = trajectory_only_if_needed(model_config, train, log=main)
+    pattern = model_config.pattern
+    assigner: StationAssigner | None = None
+    if pattern.enabled:  # the network learns day patterns over P labels; the assigner their stations
+        check_pattern(model_config)
+        pattern.validate_for(train.T)
+        coords = station_coordinates(train)
+        assigner = StationAssigner.fit(
+            np.asarray(train.locations), train.n_stations, pattern,
+            coords=None if coords is None else np.stack(coords, axis=1),
+            graph=getattr(discrete, "rate", None))
+        if main and station_embeddings is not None:
+            logger.info("model.pattern: the station embeddings are not used (the network sees labels)")
+        station_embeddings = None
+    n_symbols = pattern.labels if pattern.enabled else train.n_stations
+    discrete = make_location_process(model_config.location, num_states=n_symbols,
+                                     num_steps=model_config.gaussian.num_steps,
+                                     graph=None if pattern.enabled else discrete)
     model_config = dataclasses.replace(
         model_config,
         denoiser=dataclasses.replace(
-            model_config.denoiser, num_stations=train.n_stations, seq_len=train.T,
+            model_config.denoiser, num_stations=n_symbols, seq_len=train.T,
             mask_token=getattr(discrete, "mask_id", None) is not None,
             activity_classes=scaler.activity_classes if model_config.activity else 0),
     )
@@ -499,6 +560,13 @@ def _train(
 
     w0, l0 = encode_series(train, scaler, device)
     wv, lv = encode_series(val, scaler, device) if val is not None else (w0[:0], l0[:0])
+    labels: Tensor | None = None
+    if pattern.enabled:  # canonical patterns; each epoch maps them by fresh random injections
+        labels = torch.from_numpy(day_patterns(np.asarray(train.locations))).long().to(device)
+        l0 = labels
+        if val is not None:  # one fixed mapping: the validation loss is comparable across epochs
+            lv = permute_labels(torch.from_numpy(day_patterns(np.asarray(val.locations))).long(),
+                                pattern.labels, torch.Generator().manual_seed(cfg.seed + 1)).to(device)
     a0 = av = None
     if model_config.activity:  # slot activity classes of the real traffic (zero / partial / full)
         a0 = scaler.activity(torch.from_numpy(np.asarray(train.traffic, dtype=np.float32))).to(device)
@@ -506,12 +574,12 @@ def _train(
               if val is not None else a0[:0])
     denoiser, hybrid = build_model(model_config, discrete, vqvae, seed=cfg.seed,
                                    station_embeddings=station_embeddings,
-                                   station_coords=station_coordinates(train))
-    if cfg.station_prior > 0:  # (a resumed run then loads its own weights)
+                                   station_coords=None if pattern.enabled else station_coordinates(train))
+    if cfg.station_prior > 0 and not pattern.enabled:  # (a resumed run then loads its own weights)
         denoiser.init_station_prior_(station_counts(np.asarray(train.locations), train.n_stations,
                                                     cfg.station_prior_counts), cfg.station_prior)
     if model_config.denoiser.copy_nearest and model_config.denoiser.use_locations:
-        denoiser.init_copy_context_(np.asarray(train.locations), seed=cfg.seed)
+        denoiser.init_copy_context_(np.asarray(train.locations), seed=cfg.seed)  # label-invariant
     denoiser.to(device)
     hybrid.to(device)
     opt = torch.optim.AdamW(denoiser.optimizer_groups(
@@ -628,6 +696,9 @@ def _train(
                     continue
                 if order_epoch != epoch:
                     order, order_epoch = _epoch_order(U, cfg.seed, epoch).to(device), epoch
+                    if labels is not None:  # a function of (seed, epoch) alone: resume stays exact
+                        g = torch.Generator().manual_seed(PATTERN_SEED_OFFSET + 1000 * cfg.seed + epoch)
+                        l0 = permute_labels(labels.cpu(), pattern.labels, g).to(device)
                 idx = order[batch * B:(batch + 1) * B]  # the global batch, the same on every rank
                 loss, parts, n_local = _local_loss(net, hybrid, w0, l0, idx, noise_gen, cfg, ctx, a0)
                 opt.zero_grad(set_to_none=True)
@@ -683,7 +754,7 @@ def _train(
             logger.info("keep_best: the EMA weights of epoch %d (val_total %.4f)", best["epoch"],
                         best["val_total"])
         ema.shadow.eval()
-        bundle = MSTDiff(cast(MSTDiffDenoiser, ema.shadow), hybrid, scaler, model_config)
+        bundle = MSTDiff(cast(MSTDiffDenoiser, ema.shadow), hybrid, scaler, model_config, assigner=assigner)
         if cfg.calibration_samples:
             bundle.scaler = calibrate_decoder(bundle, min(cfg.calibration_samples, U), seed=cfg.seed,
                                               device=device, batch_size=cfg.calibration_batch_size)
@@ -764,9 +835,9 @@ def _global_means(parts: dict[str, Tensor], n_local: int, n_global: int,
 
 def check_station_table(model: MSTDiff, like: PreparedDataset) -> None:
     """``like`` (whose station table generated samples use) has as many stations as ``model``."""
-    if like.n_stations != model.hybrid.num_states:
+    if like.n_stations != model.n_stations:
         raise InputError(
-            f"the station table has {like.n_stations} stations, the model {model.hybrid.num_states}",
+            f"the station table has {like.n_stations} stations, the model {model.n_stations}",
             where="--like", fix="pass the dataset the model was trained on")
 
 
