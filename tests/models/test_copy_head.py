@@ -204,6 +204,31 @@ def test_move_decay_leaves_the_input_stations_to_the_copy():
     torch.testing.assert_close(p.sum(-1), torch.ones(T), atol=1e-4, rtol=0)
 
 
+def test_table_new_draws_new_places_only_and_keeps_the_table_shape_elsewhere():
+    torch.manual_seed(0)
+    loc = torch.full((2, T), N)
+    loc[0, [2, 3, 9]] = torch.tensor([N - 1, N - 1, 4])
+    loc[1, [0, 5]] = torch.tensor([7, 1])
+    held = [[N - 1, 4], [7, 1]]
+    out = {}
+    for flag in (False, True):
+        m = denoiser(mask_token=True, near_k=0, table_new=flag)
+        with torch.no_grad():  # the table part alone: what it gives the held stations shows
+            m.copy.gate.weight.zero_()
+            m.copy.gate.bias.copy_(torch.tensor([-30.0, 30.0]))
+        m.eval()
+        with torch.no_grad():
+            out[flag] = m(torch.randn(2, T), loc, torch.tensor([5, 5])).logits.exp()
+    for b in range(2):
+        free = [j for j in range(N) if j not in held[b]]
+        assert float(out[True][b][:, held[b]].max()) < 1e-6 < float(out[False][b][:, held[b]].min())
+        ratio = out[True][b][:, free] / out[False][b][:, free]  # the same softmax, renormalised
+        torch.testing.assert_close(ratio, ratio[:, :1].expand_as(ratio), rtol=1e-4, atol=0)
+        torch.testing.assert_close(out[True][b].sum(-1), torch.ones(T), atol=1e-4, rtol=0)
+    with pytest.raises(InputError, match="table_new"):
+        DenoiserConfig(num_stations=N, copy_head=False, near_k=0, table_new=True, use_vqvae=False).validate()
+
+
 def test_gate_context_index_is_the_brute_force_kind_and_span():
     from mstdiff.models.copy_head import CopyHead, nearest_filled
 

@@ -16,6 +16,8 @@ from mstdiff.models.day_pattern import (
     DayPatternConfig,
     StationAssigner,
     day_patterns,
+    decode_moves,
+    encode_moves,
     label_roles,
     permute_labels,
 )
@@ -51,6 +53,44 @@ def test_patterns_and_roles_match_brute_force(loc):
     z = day_patterns(loc)
     np.testing.assert_array_equal(z, patterns_oracle(loc))
     np.testing.assert_array_equal(label_roles(z), roles_oracle(z))
+
+
+def moves_oracle(z: np.ndarray) -> np.ndarray:
+    out = np.empty(z.shape, dtype=np.int64)
+    for u, row in enumerate(z):
+        for t, k in enumerate(row):
+            if t == 0 or k > row[:t].max():
+                out[u, t] = 1  # NEW
+            elif k == row[t - 1]:
+                out[u, t] = 0  # STAY
+            else:
+                out[u, t] = 2 + k  # RETURN_k
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(locations)
+def test_move_tokens_match_brute_force_and_decode_back(loc):
+    tok = encode_moves(loc)
+    np.testing.assert_array_equal(tok, moves_oracle(patterns_oracle(loc)))
+    np.testing.assert_array_equal(decode_moves(tok), day_patterns(loc))
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.int64, st.tuples(st.integers(1, 6), st.integers(1, 12)), elements=st.integers(0, 13)))
+def test_any_token_sequence_decodes_to_a_pattern(tok):
+    z = decode_moves(tok)
+    np.testing.assert_array_equal(day_patterns(z), z)  # labels in first-appearance order
+    stay = np.zeros(tok.shape, dtype=bool)
+    stay[:, 1:] = tok[:, 1:] == 0
+    assert (z[stay] == np.roll(z, 1, axis=1)[stay]).all()  # STAY keeps the place
+
+
+def test_a_pattern_config_knows_its_alphabet():
+    assert DayPatternConfig(tokens="moves").num_symbols(48) == 50
+    assert DayPatternConfig(tokens="labels", labels=99).num_symbols(48) == 99
+    with pytest.raises(InputError, match="tokens"):
+        DayPatternConfig(enabled=True, tokens="words").validate_for(48)
 
 
 @settings(max_examples=40, deadline=None)
@@ -204,6 +244,13 @@ def test_without_coordinates_the_kernel_is_the_graph_neighbourhood():
         StationAssigner.fit(loc, N, DayPatternConfig(enabled=True))
 
 
+def test_a_pattern_with_more_places_than_stations_still_gets_stations():
+    a = StationAssigner.fit(_days(N=5, T=12), 5, DayPatternConfig(enabled=True), coords=_coords(5))
+    z = np.arange(12)[None, :]  # twelve places, five stations
+    s = a.assign(z, np.random.default_rng(0))
+    assert s.min() >= 0 and s.max() < 5 and len(set(s[0, :5].tolist())) == 5
+
+
 def test_bad_input_is_an_input_error():
     with pytest.raises(InputError, match="outside"):
         StationAssigner.fit(np.array([[0, 30]]), 25, DayPatternConfig(enabled=True), coords=_coords(25))
@@ -211,4 +258,4 @@ def test_bad_input_is_an_input_error():
     with pytest.raises(InputError, match="T = 5"):
         a.assign(np.zeros((2, 5), dtype=np.int64), np.random.default_rng(0))
     with pytest.raises(InputError, match="below T"):
-        DayPatternConfig(enabled=True, labels=8).validate_for(12)
+        DayPatternConfig(enabled=True, tokens="labels", labels=8).validate_for(12)

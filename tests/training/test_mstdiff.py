@@ -300,7 +300,7 @@ def test_station_counts_of_slots_and_of_arrivals_against_a_loop():
         station_counts(L, 6, "visits")
 
 
-def _pattern_config(**pattern):
+def _pattern_config(tokens="labels", **pattern):
     from dataclasses import replace
 
     from mstdiff.diffusion.location import LocationConfig
@@ -308,21 +308,24 @@ def _pattern_config(**pattern):
 
     base = model_config()
     return replace(base, location=LocationConfig(process="absorbing"),
-                   pattern=DayPatternConfig(enabled=True, labels=64, **pattern),
-                   denoiser=replace(base.denoiser, use_traffic=False, near_k=0, copy_nearest=True))
+                   pattern=DayPatternConfig(enabled=True, tokens=tokens, labels=64, **pattern),
+                   denoiser=replace(base.denoiser, use_traffic=False, near_k=0, copy_head=tokens == "labels",
+                                    copy_nearest=tokens == "labels", table_new=tokens == "labels"))
 
 
-def test_a_pattern_model_draws_patterns_then_stations(city, tmp_path):
+@pytest.mark.parametrize("tokens", ["moves", "labels"])
+def test_a_pattern_model_draws_patterns_then_stations(city, tmp_path, tokens):
     from mstdiff.models.day_pattern import day_patterns
 
     traj = _no_traffic(city)
     res = train_mstdiff(traj, traj.subset(np.arange(8)), discrete=None, vqvae=None,
-                        model_config=_pattern_config(), train_config=train_config(epochs=2),
+                        model_config=_pattern_config(tokens), train_config=train_config(epochs=2),
                         out_dir=tmp_path / "m")
     assert res.steps > 0 and any("val_total" in h for h in res.history)
     model = MSTDiff.load(tmp_path / "m")
     assert model.assigner is not None and model.n_stations == city.n_stations
-    assert model.hybrid.num_states == 64 and model.denoiser.config.num_stations == 64  # the labels
+    P = 64 if tokens == "labels" else city.T + 2  # the network's symbols
+    assert model.hybrid.num_states == P and model.denoiser.config.num_stations == P
     _, lo = model.sample(10, generator=torch.Generator().manual_seed(0))
     assert lo.shape == (10, city.T) and lo.min() >= 0 and lo.max() < city.n_stations
     same = model.with_sampling(location_temperature=1.0)

@@ -126,6 +126,7 @@ class CopyHead(nn.Module):
         # boundary a return to an earlier station is likelier; 2 after reset_bias_, fitted by
         # init_context_
         self.motion = bool(getattr(cfg, "copy_motion", False))
+        self.table_new = bool(getattr(cfg, "table_new", False))
         rows = 5 * 8 * (4 if self.motion else 1)
         self.nearest_bias = nn.Embedding(rows, 2) if cfg.copy_nearest else None  # biases, kept as a table
         # gate logits by the context of the nearest filled slots: none / before only / after only /
@@ -273,6 +274,7 @@ class CopyHead(nn.Module):
         table = table.reshape(M, N).float()
         if self.decay is not None:
             table = table + self.move_terms(h.reshape(B * T, d)[rows], ids, valid, rows, nearest)
+        if self.decay is not None or self.table_new:
             # the move goes to a new place: the stations of the input are the copy's to give
             held = torch.zeros(M, N, device=h.device)  # (M, N): > 0 at the input's stations
             held.scatter_add_(1, ids.long().clamp(0, N - 1)[rows // T], valid[rows // T].float())

@@ -8,12 +8,22 @@ A day ``l_1..l_T`` over N stations factorises into
   DistinctLoc and I-rank do not change under a relabelling of the stations);
 * the **stations** ``s_0, s_1, ...`` of its labels: ``l_t = s_{z_t}``.
 
-With ``model.pattern.enabled``, MSTDiff's location diffusion (absorbing noise, copy head) learns the
-pattern over ``P = pattern.labels`` symbols, the labels of every training day mapped by their own
-random injection ``{0..T-1} → {0..P-1}`` (:func:`permute_labels`, drawn anew every epoch). So no
-symbol carries a meaning: a stay is a copy, a new place is any symbol the day does not hold yet.
-(Canonical labels fail under random-order unmasking: two slots unmasked far apart both draw the
-"next" label and merge two places; on GeoLife that made 4.5 distinct cells a day against 6.4.)
+With ``model.pattern.enabled``, MSTDiff's location diffusion (absorbing noise) learns the pattern as
+one of two token sequences (``pattern.tokens``):
+
+* ``"moves"`` (the default; :func:`encode_moves`): per slot what the user does, over ``T + 2``
+  symbols with a fixed meaning, ``STAY`` (0: the place of slot t−1), ``NEW`` (1: a place the day has
+  not held yet) or ``RETURN_k`` (``2 + k``: back to the day's k-th place). Every symbol says the
+  same thing in every day, so the plain table head learns them; stays are runs of ``STAY``.
+* ``"labels"``: the pattern's labels, each training day's mapped by its own random injection
+  ``{0..T-1} → {0..P-1}`` (``P = pattern.labels``; :func:`permute_labels`, drawn anew every epoch),
+  for the copy head: no symbol carries a meaning, a stay is a copy, a new place any symbol the day
+  does not hold yet. (Canonical labels fail under random-order unmasking: two slots unmasked far
+  apart both draw the "next" label and merge two places; on GeoLife that made 4.5 distinct cells a
+  day against 6.4.)
+
+On the GeoLife validation share the moves made the day's structure far closer to real than the
+labels (duration 2.8× / I-rank 0.8× the floor against 5.1× / 6.1×; README, "GeoLife").
 
 :class:`StationAssigner` then draws the stations of a pattern, label by label in time order, from
 counts of the training days (the knowledge a first-order Markov chain has, conditioned on what the
@@ -45,11 +55,14 @@ import torch
 from scipy.spatial import cKDTree
 from torch import Tensor
 
-from mstdiff.config import Check, ge, gt
+from mstdiff.config import Check, ge, gt, one_of
 from mstdiff.errors import InputError
 
-__all__ = ["DayPatternConfig", "StationAssigner", "day_patterns", "label_roles", "permute_labels",
-           "ROLE_EDGES"]
+__all__ = ["DayPatternConfig", "StationAssigner", "day_patterns", "decode_moves", "encode_moves",
+           "label_roles", "permute_labels", "ROLE_EDGES", "STAY", "NEW"]
+
+STAY, NEW = 0, 1  # move tokens; 2 + k: RETURN to the day's k-th place
+TOKENS = ("moves", "labels")
 
 ROLE_EDGES = np.array([1, 2, 3, 5, 9, 17])  # a label's slots in the day: 1, 2, 3-4, 5-8, 9-16, 17+
 N_ROLES = 2 * ROLE_EDGES.size  # × (the day returns to it or not)
@@ -61,20 +74,35 @@ class DayPatternConfig:
     """``model.pattern``: diffuse the day's pattern, then draw its stations (module docstring)."""
 
     CHECKS: ClassVar[dict[str, Check]] = {
-        "labels": ge(2), "role_smoothing": gt(0), "move_smoothing": gt(0), "neighbours": ge(1),
-        "floor": ge(0),
+        "tokens": one_of(*TOKENS), "labels": ge(2), "role_smoothing": gt(0), "move_smoothing": gt(0),
+        "neighbours": ge(1), "floor": ge(0),
     }
 
     enabled: bool = False  # False: the network draws the stations themselves (the default)
-    labels: int = 256  # P symbols of the pattern (≥ T); a new place collides with one of the day's
-    # k labels with odds k / P
+    tokens: str = "moves"  # what the network diffuses: "moves" (STAY / NEW / RETURN_k) or "labels"
+    labels: int = 256  # tokens "labels": P symbols (≥ T; with the copy head's table_new, > T)
     role_smoothing: float = 0.5  # α: pseudo-count of the average role mix in every station's ρ_j
     move_smoothing: float = 0.3  # λ: pseudo-count of each back-off (slot → all slots → kernel)
     neighbours: int = 64  # stations of the back-off kernel K_i (nearest on the map)
     floor: float = 0.05  # ε: a kernel station never visited first weighs ε × the mean arrivals
 
+    def num_symbols(self, T: int) -> int:
+        """Size of the token alphabet the network sees for windows of T slots."""
+        return T + 2 if self.tokens == "moves" else self.labels
+
+    def encode(self, patterns: np.ndarray) -> np.ndarray:
+        """The network's tokens of day patterns (for "labels", before the random mapping)."""
+        return encode_moves(patterns) if self.tokens == "moves" else day_patterns(patterns)
+
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        """Day patterns of the network's tokens."""
+        return decode_moves(tokens) if self.tokens == "moves" else day_patterns(tokens)
+
     def validate_for(self, T: int) -> None:
-        if self.enabled and self.labels < T:
+        if self.tokens not in TOKENS:
+            raise InputError(f"model.pattern.tokens = {self.tokens!r}", where="model.pattern.tokens",
+                             fix=f"use one of {list(TOKENS)}")
+        if self.enabled and self.tokens == "labels" and self.labels < T:
             raise InputError(f"model.pattern.labels = {self.labels} is below T = {T}",
                              where="model.pattern.labels",
                              fix=f"use at least T = {T} labels (a day may visit T places)")
@@ -99,6 +127,46 @@ def day_patterns(locations: np.ndarray) -> np.ndarray:
     rank = np.empty(order.size, dtype=np.int64)
     rank[order] = np.arange(order.size) - np.searchsorted(rows, rows, side="left")
     return rank[inv.ravel()].reshape(U, T).astype(np.int32)
+
+
+def encode_moves(patterns: np.ndarray) -> np.ndarray:
+    """Move tokens of day patterns (any labels), ``(U, T)`` int32: slot 0 is ``NEW``; slot t is
+    ``STAY`` at the place of slot t−1, ``NEW`` at a place the day has not held, else ``2 + k`` for
+    a return to its k-th place (first-appearance order)."""
+    z = day_patterns(patterns).astype(np.int64)
+    U, T = z.shape
+    tok = np.full((U, T), NEW, dtype=np.int64)
+    if T > 1:
+        seen = np.maximum.accumulate(z, axis=1)[:, :-1]
+        cur, prev = z[:, 1:], z[:, :-1]
+        tok[:, 1:] = np.where(cur == prev, STAY, np.where(cur > seen, NEW, 2 + cur))
+    return tok.astype(np.int32)
+
+
+def decode_moves(tokens: np.ndarray) -> np.ndarray:
+    """Day patterns ``(U, T)`` of move tokens; the inverse of :func:`encode_moves` on its image.
+
+    Any token sequence decodes: slot 0 is the first place whatever its token, and a ``RETURN_k`` to
+    a place the day has not reached yet (k ≥ the places so far) is a new place, one to the current
+    place a stay.
+    """
+    tok = np.asarray(tokens, dtype=np.int64)
+    if tok.ndim != 2:
+        raise ValueError(f"tokens must be (U, T), got shape {tok.shape}")
+    U, T = tok.shape
+    z = np.zeros((U, T), dtype=np.int64)
+    if T == 0:
+        return z.astype(np.int32)
+    cur = np.zeros(U, dtype=np.int64)  # the place at slot t - 1
+    n = np.ones(U, dtype=np.int64)  # places so far
+    for t in range(1, T):
+        k = tok[:, t] - 2
+        ret = (tok[:, t] >= 2) & (k < n) & (k != cur)
+        new = (tok[:, t] == NEW) | ((tok[:, t] >= 2) & (k >= n))
+        cur = np.where(ret, k, np.where(new, n, cur))
+        n = n + new
+        z[:, t] = cur
+    return z.astype(np.int32)
 
 
 def label_roles(patterns: np.ndarray) -> np.ndarray:
@@ -279,12 +347,14 @@ class StationAssigner:
         return d, p
 
     def _fallback(self, role: int, banned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """All stations by first-visit arrivals × role weight, then uniformly, ``banned`` excluded."""
+        """All stations by first-visit arrivals × role weight, then uniformly, ``banned`` excluded
+        (unless a pattern has more places than there are stations: then a place is reused)."""
         p = self.arrivals * self.role_weight[:, role]
         p[banned] = 0.0
         if p.sum() <= 0:
             p = np.ones(self.N)
-            p[banned] = 0.0
+            if banned.size < self.N:
+                p[banned] = 0.0
         return np.arange(self.N), p
 
     def assign(self, patterns: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -107,6 +107,9 @@ class DenoiserConfig:
     # whether the user was moving there (the filled slot beyond it holds another station), so that a
     # slot between two cells of a trip can tell itself from one between two stays
     copy_motion: bool = False
+    # copy head: the table head draws new places only (the input's stations masked out of it, as
+    # move_decay does): a day pattern's new label is then never one the day already holds
+    table_new: bool = False
     mask_token: bool = False  # the location input has a mask id (= num_stations): absorbing noise
     # slot activity channel: K classes (3: zero / partial / full slot; 2: zero / positive), diffused as
     # its own absorbing stream beside the locations; 0: none (traffic atoms from the decoder alone)
@@ -140,6 +143,9 @@ class DenoiserConfig:
         if (self.move_decay or self.copy_nearest) and not self.copy_head:
             raise InputError("denoiser.move_decay and copy_nearest need copy_head = true (the copy head "
                              "holds them)", fix="set copy_head = true, or both options false")
+        if self.table_new and not self.copy_head:
+            raise InputError("denoiser.table_new needs copy_head = true (the copy head holds it)",
+                             fix="set copy_head = true, or table_new = false")
         for name in ("copy_split", "copy_motion"):
             if getattr(self, name) and not self.copy_nearest:
                 raise InputError(f"denoiser.{name} needs copy_nearest = true (it works on the nearest "

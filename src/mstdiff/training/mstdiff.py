@@ -44,7 +44,7 @@ from mstdiff.diffusion.hybrid import HybridConfig, HybridDiffusion
 from mstdiff.diffusion.location import LocationConfig, make_location_process
 from mstdiff.errors import InputError
 from mstdiff.io import atomic_dir, atomic_write_text, check_output_dir, run_meta, write_json
-from mstdiff.models.day_pattern import DayPatternConfig, StationAssigner, day_patterns, permute_labels
+from mstdiff.models.day_pattern import DayPatternConfig, StationAssigner, permute_labels
 from mstdiff.models.denoiser import DenoiserConfig, MSTDiffDenoiser
 from mstdiff.models.losses import training_loss
 from mstdiff.models.vqvae import VQVAE
@@ -241,9 +241,9 @@ class MSTDiff:
         out = self.hybrid.sample(self.denoiser, n, T, generator, device=device, progress=progress,
                                  on_step=on_step, impute=impute, guide=guide)
         l0 = out.l0.cpu().numpy().astype(np.int32)
-        if self.assigner is not None:  # l0 holds day patterns: draw their stations
+        if self.assigner is not None:  # l0 holds tokens of day patterns: draw their stations
             seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-            l0 = self.assigner.assign(l0, np.random.default_rng(seed))
+            l0 = self.assigner.assign(self.config.pattern.decode(l0), np.random.default_rng(seed))
         if not self.config.denoiser.use_traffic:  # "MSTDiff without traffic": trajectories only
             return np.zeros(l0.shape, dtype=np.float32), l0
         x = idwt(out.w0)
@@ -543,7 +543,7 @@ def _train(
         if main and station_embeddings is not None:
             logger.info("model.pattern: the station embeddings are not used (the network sees labels)")
         station_embeddings = None
-    n_symbols = pattern.labels if pattern.enabled else train.n_stations
+    n_symbols = pattern.num_symbols(train.T) if pattern.enabled else train.n_stations
     discrete = make_location_process(model_config.location, num_states=n_symbols,
                                      num_steps=model_config.gaussian.num_steps,
                                      graph=None if pattern.enabled else discrete)
@@ -560,13 +560,16 @@ def _train(
 
     w0, l0 = encode_series(train, scaler, device)
     wv, lv = encode_series(val, scaler, device) if val is not None else (w0[:0], l0[:0])
-    labels: Tensor | None = None
-    if pattern.enabled:  # canonical patterns; each epoch maps them by fresh random injections
-        labels = torch.from_numpy(day_patterns(np.asarray(train.locations))).long().to(device)
-        l0 = labels
-        if val is not None:  # one fixed mapping: the validation loss is comparable across epochs
-            lv = permute_labels(torch.from_numpy(day_patterns(np.asarray(val.locations))).long(),
-                                pattern.labels, torch.Generator().manual_seed(cfg.seed + 1)).to(device)
+    labels: Tensor | None = None  # tokens "labels": each epoch maps them by fresh random injections
+    if pattern.enabled:
+        l0 = torch.from_numpy(pattern.encode(np.asarray(train.locations))).long().to(device)
+        if val is not None:
+            lv = torch.from_numpy(pattern.encode(np.asarray(val.locations))).long()
+        if pattern.tokens == "labels":
+            labels = l0
+            if val is not None:  # one fixed mapping: the validation loss is comparable across epochs
+                lv = permute_labels(lv, pattern.labels, torch.Generator().manual_seed(cfg.seed + 1))
+        lv = lv.to(device)
     a0 = av = None
     if model_config.activity:  # slot activity classes of the real traffic (zero / partial / full)
         a0 = scaler.activity(torch.from_numpy(np.asarray(train.traffic, dtype=np.float32))).to(device)
@@ -575,11 +578,11 @@ def _train(
     denoiser, hybrid = build_model(model_config, discrete, vqvae, seed=cfg.seed,
                                    station_embeddings=station_embeddings,
                                    station_coords=None if pattern.enabled else station_coordinates(train))
-    if cfg.station_prior > 0 and not pattern.enabled:  # (a resumed run then loads its own weights)
-        denoiser.init_station_prior_(station_counts(np.asarray(train.locations), train.n_stations,
-                                                    cfg.station_prior_counts), cfg.station_prior)
+    if cfg.station_prior > 0 and labels is None:  # (a resumed run then loads its own weights)
+        denoiser.init_station_prior_(station_counts(l0.cpu().numpy(), n_symbols, cfg.station_prior_counts),
+                                     cfg.station_prior)
     if model_config.denoiser.copy_nearest and model_config.denoiser.use_locations:
-        denoiser.init_copy_context_(np.asarray(train.locations), seed=cfg.seed)  # label-invariant
+        denoiser.init_copy_context_(l0.cpu().numpy(), seed=cfg.seed)
     denoiser.to(device)
     hybrid.to(device)
     opt = torch.optim.AdamW(denoiser.optimizer_groups(
