@@ -154,6 +154,29 @@ def test_shared_stages_split_by_part_of_a_dataset_without_traffic(tmp_path):
     assert split_meta["by"] == "part" and split_meta["counts"] == {"train": 12, "val": 4, "test": 4}
 
 
+def test_a_day_pattern_run_skips_the_graph_stages_and_generates_stations(tmp_path):
+    from mstdiff.data.dataset import PreparedDataset
+    from mstdiff.pipeline import load_run_config, run_pipeline
+
+    raw = _movesim_folder(tmp_path / "raw")
+    cfg = load_run_config(REPO / "configs" / "demo.yaml", [
+        "data.source=movesim", f"data.raw={raw}", "data.options={}", "data.split_by=part",
+        "data.parts={train: [real], val: [val], test: [val]}", "train.epochs=1",
+        "model.pattern={enabled: true}", "model.location.process=absorbing",
+        "model.denoiser={d_model: 16, n_heads: 2, use_traffic: false, use_vqvae: false, copy_head: false, "
+        "near_k: 0, move_decay: false}", "model.activity=false", "evaluate.plots=false"])
+    run_pipeline(cfg, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert not any((run / d).exists() for d in ("kg", "embed", "transition", "vqvae"))
+    gen = PreparedDataset.load(run / "generated")
+    assert gen.n_stations == 10 and gen.locations.max() < 10 and not gen.has_traffic
+    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+    assert metrics["metrics"]["mstdiff"]["duration_jsd"] is not None
+    with pytest.raises(InputError, match="absorbing"):
+        load_run_config(REPO / "configs" / "demo.yaml", ["model.pattern={enabled: true}",
+                                                        "model.location.process=graph"])
+
+
 @pytest.mark.parametrize("sets, match", [
     (["data.parts={train: [real], val: [val], test: [val]}"], "data.split_by is not"),
     (["data.split_by=part"], "needs train, val and test"),

@@ -316,9 +316,19 @@ def _start_run_dir(config: Any, out: Path, overwrite: bool) -> None:
     atomic_write_text(out / "config.yaml", dump_yaml(config))
 
 
+def needs_graph(models: Any, data: PreparedDataset) -> bool:
+    """Whether some MSTDiff of ``models`` (ModelConfigs) reads the knowledge graph's stages: every model
+    but a day-pattern one whose stations have coordinates (its assigner's kernel is the map)."""
+    coords = {"lat", "lon"} <= set(data.stations.columns)
+    return any(not (m.pattern.enabled and coords) for m in models)
+
+
 def run_shared_stages(config: RunConfig, out: Path, timings: dict[str, float], *,
-                      progress: bool = True, need_mstdiff: bool = True) -> Stages:
-    """prepare → split (→ kg → embed → transition → vqvae when MSTDiff is needed), each skipped if done."""
+                      progress: bool = True, need_mstdiff: bool = True,
+                      models: Any = None, need_embed: bool = False) -> Stages:
+    """prepare → split (→ kg → embed → transition → vqvae when MSTDiff is needed), each skipped if
+    done; the knowledge-graph stages only for ``models`` (default: ``config.model``) that read them
+    (:func:`needs_graph`) or when ``need_embed`` (a baseline reads this run's embeddings)."""
     from mstdiff.data.prepare import prepare
     from mstdiff.diffusion.discrete import transition_dir
     from mstdiff.kg.stages import build_kg_dir, embed_kg_dir
@@ -334,7 +344,10 @@ def run_shared_stages(config: RunConfig, out: Path, timings: dict[str, float], *
                         parts=dc.parts)
         train, val, test = (PreparedDataset.load(out / "split" / k) for k in ("train", "val", "test"))
     vqvae: VQVAE | None = None
-    if need_mstdiff:
+    graph = need_embed or needs_graph([config.model] if models is None else models, data)
+    if need_mstdiff and not graph:
+        logger.info("the day-pattern model reads no knowledge graph: kg, embed and transition skipped")
+    elif need_mstdiff:
         with _stage("kg", timings):
             build_kg_dir(out / "data", out / "kg", config.kg.poi_table,
                          poi_radius_km=config.kg.poi_radius_km, **config.kg.build)
@@ -362,13 +375,16 @@ def train_and_generate_mstdiff(config: RunConfig, out: Path, st: Stages, model_d
     """Train MSTDiff into ``model_dir/train`` (resuming); generate ``n`` samples into ``.../generated``."""
     with _stage("train", timings):
         if not (model_dir / "train" / "model.pt").exists():
-            emb = np.load(out / "embed" / "station_embeddings.npy")
+            graph = needs_graph([config.model], st.data)  # else the stages were skipped
+            emb = np.load(out / "embed" / "station_embeddings.npy") if graph else None
             train_mstdiff(
-                st.train, st.val, discrete=load_transition(out / "transition"), vqvae=st.vqvae,
-                model_config=config.model, train_config=dataclasses.replace(config.train, progress=progress),
+                st.train, st.val, discrete=load_transition(out / "transition") if graph else None,
+                vqvae=st.vqvae, model_config=config.model,
+                train_config=dataclasses.replace(config.train, progress=progress),
                 out_dir=model_dir / "train",
-                transition_path=os.path.relpath(out / "transition" / "transition.pt", model_dir / "train"),
-                station_embeddings=torch.from_numpy(emb).float(), resume=True,
+                transition_path=(os.path.relpath(out / "transition" / "transition.pt", model_dir / "train")
+                                 if graph else None),
+                station_embeddings=torch.from_numpy(emb).float() if emb is not None else None, resume=True,
             )
     gc = config.generate
     with _stage("generate", timings):
@@ -551,7 +567,10 @@ def _run_benchmark(config: BenchmarkConfig, out: Path, variants: dict[str, RunCo
     from mstdiff.training.mstdiff import peak_rss_mb
 
     timings: dict[str, float] = {}
-    st = run_shared_stages(config, out, timings, progress=progress, need_mstdiff=bool(variants))
+    run_embed = any(getattr(getattr(part, "config", None), "embeddings", None) == "run"
+                    for model in baselines.values() for part in getattr(model, "parts", (model,)))
+    st = run_shared_stages(config, out, timings, progress=progress, need_mstdiff=bool(variants),
+                           models=[v.model for v in variants.values()], need_embed=run_embed)
     n = config.generate.n or st.test.n_samples
     for model in baselines.values():  # e.g. ADAPTIVE's `embeddings: run` → this run's embed stage
         for part in getattr(model, "parts", (model,)):
