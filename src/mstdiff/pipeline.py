@@ -56,6 +56,7 @@ from mstdiff.training.mstdiff import (
     has_traffic,
     load_transition,
     pretrain_vqvae_stage,
+    station_coordinates,
     train_mstdiff,
 )
 
@@ -319,7 +320,7 @@ def _start_run_dir(config: Any, out: Path, overwrite: bool) -> None:
 def needs_graph(models: Any, data: PreparedDataset) -> bool:
     """Whether some MSTDiff of ``models`` (ModelConfigs) reads the knowledge graph's stages: every model
     but a day-pattern one whose stations have coordinates (its assigner's kernel is the map)."""
-    coords = {"lat", "lon"} <= set(data.stations.columns)
+    coords = station_coordinates(data) is not None
     return any(not (m.pattern.enabled and coords) for m in models)
 
 

@@ -23,7 +23,8 @@ one of two token sequences (``pattern.tokens``):
   day against 6.4.)
 
 On the GeoLife validation share the moves made the day's structure far closer to real than the
-labels (duration 2.8× / I-rank 0.8× the floor against 5.1× / 6.1×; README, "GeoLife").
+labels (after 12 epochs, duration 3.4× / I-rank 0.9× the floor against 5.1× / 6.1×; README,
+"Day patterns").
 
 :class:`StationAssigner` then draws the stations of a pattern, label by label in time order, from
 counts of the training days (the knowledge a first-order Markov chain has, conditioned on what the
@@ -251,14 +252,10 @@ class StationAssigner:
         arrivals = np.bincount(dst, minlength=N).astype(np.float64)
         # role counts: every (day, label) once, at the label's station
         roles = label_roles(z)
-        first_slot = np.full((U, T), -1, dtype=np.int64)
-        starts = np.zeros((U, T), dtype=bool)
-        starts[:, 0] = True
-        starts[:, 1:] = new[:, 1:]
-        ru, rt = np.nonzero(starts)
-        first_slot[ru, z[ru, rt]] = rt
+        label_station = np.full((U, T), -1, dtype=np.int64)
+        label_station[np.arange(U)[:, None], z] = loc  # every slot of a label holds its station
         du, dk = np.nonzero(roles >= 0)
-        station = loc[du, first_slot[du, dk]]
+        station = label_station[du, dk]
         c = np.zeros((N, N_ROLES))
         np.add.at(c, (station, roles[du, dk]), 1.0)
         share = c.sum(0) / c.sum()
