@@ -1,7 +1,8 @@
 """MSTDiff variants on GeoLife, chosen on a validation share of ``real.data`` (never on ``val.data``).
 
 Reads a GeoLife run directory made by ``mstdiff benchmark configs/benchmark_geolife.yaml`` (its
-``split/train`` and ``split/val``, the 10 % validation share, and its ``embed`` stage), trains one
+``split/train`` and ``split/val``, the 10 % validation share, and, for variants that draw stations,
+its ``embed`` and ``transition`` stages), trains one
 variant of MSTDiff without traffic from ``configs/geolife.yaml`` with ``--set`` overrides on the
 training part, draws as many samples as the validation share holds and prints, beside the Markov
 chain and TimeGEO fitted on the same days: the six trajectory metrics as ratios to the floor
@@ -65,11 +66,15 @@ def main() -> None:
     set_threads(args.threads)
     cfg = load_run_config(args.config, args.overrides)
     train, val = (PreparedDataset.load(args.run / "split" / k) for k in ("train", "val"))
-    emb = torch.from_numpy(np.load(args.run / "embed" / "station_embeddings.npy")).float()
+    # the day-pattern model reads no graph; a station-drawing variant needs the run's embed and
+    # transition stages
+    emb_path, trans_path = args.run / "embed" / "station_embeddings.npy", args.run / "transition"
+    emb = torch.from_numpy(np.load(emb_path)).float() if emb_path.exists() else None
+    discrete = load_transition(trans_path) if trans_path.exists() else None
     out = args.out / args.name
     t0 = time.perf_counter()
     if not (out / "train" / "model.pt").exists():
-        train_mstdiff(train, val, discrete=load_transition(args.run / "transition"), vqvae=None,
+        train_mstdiff(train, val, discrete=discrete, vqvae=None,
                       model_config=cfg.model, train_config=cfg.train, out_dir=out / "train",
                       station_embeddings=emb, resume=True)
     train_s = time.perf_counter() - t0
