@@ -67,10 +67,11 @@ def main() -> None:
     cfg = load_run_config(args.config, args.overrides)
     train, val = (PreparedDataset.load(args.run / "split" / k) for k in ("train", "val"))
     # the day-pattern model reads no graph; a station-drawing variant needs the run's embed and
-    # transition stages
-    emb_path, trans_path = args.run / "embed" / "station_embeddings.npy", args.run / "transition"
-    emb = torch.from_numpy(np.load(emb_path)).float() if emb_path.exists() else None
-    discrete = load_transition(trans_path) if trans_path.exists() else None
+    # transition stages (missing ones stop it with the file's name)
+    emb, discrete = None, None
+    if not cfg.model.pattern.enabled:
+        emb = torch.from_numpy(np.load(args.run / "embed" / "station_embeddings.npy")).float()
+        discrete = load_transition(args.run / "transition")
     out = args.out / args.name
     t0 = time.perf_counter()
     if not (out / "train" / "model.pt").exists():
