@@ -10,7 +10,10 @@ chain and TimeGEO fitted on the same days: the six trajectory metrics as ratios 
 median / p90 jump, and stations used.
 
     python benchmarks/geolife_variants.py --run runs/bench-geolife --out runs/geolife-variants \\
-        --name no-context --set model.denoiser.copy_nearest=false
+        --name final3 --set model.denoiser.final_layers=3 --gen-seeds 0,1,2
+
+A trained variant (``OUT/NAME/train/model.pt``) is not trained again: a second call with other
+``--gen-seeds`` only generates and evaluates.
 
 Writes ``OUT/NAME/`` (the trained model, the generated set, ``summary.json``). One heavy job:
 run nothing else on a 2-core machine meanwhile.
@@ -62,6 +65,9 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--gen-seeds", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                    metavar="S,S,...", help="generation seeds (default: the config's); with several, "
+                    "one row per seed and their mean and sd: one draw cannot separate close variants")
     args = ap.parse_args()
     set_threads(args.threads)
     cfg = load_run_config(args.config, args.overrides)
@@ -80,11 +86,16 @@ def main() -> None:
                       station_embeddings=emb, resume=True)
     train_s = time.perf_counter() - t0
     model = MSTDiff.load(out / "train").with_sampling(**cfg.generate.sampling)
+    seeds = args.gen_seeds or [cfg.generate.seed]
+    sets: dict[str, PreparedDataset] = {}
     t0 = time.perf_counter()
-    generate(model, train, val.n_samples, out / "generated", seed=cfg.generate.seed,
-             batch_size=cfg.generate.batch_size, device="cpu", overwrite=True)
-    gen_s = time.perf_counter() - t0
-    sets = {args.name: PreparedDataset.load(out / "generated")}
+    for seed in seeds:
+        gen_dir = out / ("generated" if seed == cfg.generate.seed else f"generated-seed{seed}")
+        generate(model, train, val.n_samples, gen_dir, seed=seed,
+                 batch_size=cfg.generate.batch_size, device="cpu", overwrite=True)
+        sets[args.name if len(seeds) == 1 else f"{args.name} seed {seed}"] = PreparedDataset.load(gen_dir)
+    gen_s = (time.perf_counter() - t0) / len(seeds)
+    model_rows = list(sets)
     for name in ("markov", "timegeo"):
         path = args.out / f"_{name}"
         if not (path / "meta.json").exists():
@@ -95,7 +106,11 @@ def main() -> None:
     summary: dict[str, dict[str, float]] = {"real (validation share)": day_stats(val)}
     for name, ds in sets.items():
         summary[name] = {**{c: rep.rows[name][c] / floor[c] for c in COLUMNS}, **day_stats(ds)}
-    summary[args.name].update(train_seconds=train_s, generate_seconds=gen_s)
+    if len(model_rows) > 1:
+        per_seed = [summary[name] for name in model_rows]
+        summary[f"{args.name} mean"] = {k: float(np.mean([r[k] for r in per_seed])) for k in per_seed[0]}
+        summary[f"{args.name} sd"] = {k: float(np.std([r[k] for r in per_seed], ddof=1)) for k in per_seed[0]}
+    summary[model_rows[0]].update(train_seconds=train_s, generate_seconds=gen_s)
     stat_cols = ("changes_per_day", "distinct_per_day", "mean_stay_slots", "jump_km_median",
                  "jump_km_p90", "stations_used")
     head = "| set | " + " | ".join(c.removesuffix("_jsd") for c in COLUMNS + stat_cols) + " |"
