@@ -140,7 +140,9 @@ def split(
 @cli.command()
 @click.option("--real", type=click.Path(path_type=Path), required=True, help="Held-out real dataset.")
 @click.option("--generated", type=click.Path(path_type=Path), multiple=True, required=True,
-              help="Generated dataset directory (repeatable); NAME=DIR names the row.")
+              help="Generated dataset directory (repeatable); NAME=DIR names the row; NAME=DIR0,DIR1,... "
+              "pools several sets of one model (e.g. generation seeds) into one row: mean ± sd over "
+              "the sets.")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--reference", type=click.Path(path_type=Path), default=None,
               help="Second real set of other users (e.g. the train split) for the floor: then model and "

@@ -56,6 +56,7 @@ from mstdiff.errors import InputError
 from mstdiff.io import atomic_dir, atomic_write_text, check_output_dir, run_meta, write_json
 from mstdiff.metrics import joint, movesim, traffic, trajectory
 from mstdiff.metrics.joint import LocationClasses, location_classes
+from mstdiff.metrics.pooled import concat_sets, group_sets, parse_generated, pooled_stats
 
 logger = logging.getLogger(__name__)
 
@@ -279,6 +280,8 @@ class EvaluationResult:
     stations: dict[str, Any] = field(default_factory=dict)  # alignment counts
     # set or "floor" -> metric -> why it is not computed (a set without traffic or locations)
     not_applicable: dict[str, dict[str, str]] = field(default_factory=dict)
+    # a row pooled over several generated sets -> {"sets": K, "per_set": [metric -> mean], ...}
+    pooled: dict[str, dict[str, Any]] = field(default_factory=dict)
     out: Path | None = None
 
     @property
@@ -323,6 +326,7 @@ class EvaluationResult:
             "ratio_to_floor": {name: {k: v if self.applicable(name, k) and self.applicable("floor", k)
                                       else None for k, v in row.items()} for name, row in ratio.items()},
             "not_applicable": self.not_applicable,
+            "pooled": self.pooled,
             "draws": {name: {k: v if self.applicable(name, k) else [None] * len(v) for k, v in row.items()}
                       for name, row in self.draws.items()},
             "sizes": self.sizes,
@@ -442,7 +446,7 @@ def _movesim_note(max_distance: float | None, T: int) -> str:
 
 def evaluate(
     real: PreparedDataset,
-    generated: Mapping[str, PreparedDataset],
+    generated: Mapping[str, PreparedDataset | Sequence[PreparedDataset]],
     out: Path | str | None = None,
     *,
     reference: PreparedDataset | None = None,
@@ -461,8 +465,10 @@ def evaluate(
     report to ``out``.
 
     ``real``: held-out real set. ``generated``: name → generated set with the same T and bin size
-    (:class:`InputError` otherwise); station tables may differ: stations are matched by id and
-    coordinates. ``reference``: a second real set (other users) for the floor (module docstring).
+    (:class:`InputError` otherwise), or a list of sets of one model (e.g. one per generation seed):
+    a row pooled over them, their mean ± the sd over the sets (:mod:`mstdiff.metrics.pooled`);
+    station tables may differ between rows: stations are matched by id and coordinates.
+    ``reference``: a second real set (other users) for the floor (module docstring).
     ``train``: the generators' training set, for memorisation and TSTR. ``seed`` drives every random
     choice through one ``numpy.random.Generator``. ``max_samples`` caps every set (random subset)
     for speed. ``floor=False``: no floor; each generated set is compared with the whole real set.
@@ -488,7 +494,11 @@ def evaluate(
         empty = Path(out).is_dir() and not any(Path(out).iterdir())
         check_output_dir(out, overwrite=overwrite, reuse=empty)
     t0 = time.perf_counter()
-    _check_generated(real, generated)
+    groups = group_sets(generated)
+    # one set per row for the checks, plain statistics, memorisation and plots: a pooled row's sets
+    # concatenated; its metrics are computed set by set (the draws loop)
+    whole: dict[str, PreparedDataset] = {name: concat_sets(name, group) for name, group in groups.items()}
+    _check_generated(real, whole)
     if real.n_samples == 0:
         raise InputError("the real set has no samples", where="evaluate")
     if max_samples is not None and max_samples < 1:
@@ -508,7 +518,7 @@ def evaluate(
         named["\x00reference"] = reference
     if train is not None:
         named["\x00train"] = train
-    named.update({str(k): v for k, v in generated.items()})
+    named.update({str(k): v for k, v in whole.items()})
     aligned = align_stations(named)
     real_al = aligned.sets.pop("\x00real")
     ref_al = aligned.sets.pop("\x00reference", None)
@@ -516,12 +526,18 @@ def evaluate(
     station_info = aligned.to_dict()
     notes: list[str] = [line.replace("'\x00", "'").replace("\x00", "") for line in aligned.notes()]
 
-    gens = {str(k): _cap(aligned.sets[str(k)], max_samples, rng) for k in generated}
+    members: dict[str, list[PreparedDataset]] = {}
+    for k in whole:
+        al, sizes_k = aligned.sets[str(k)], [g.n_samples for g in groups[str(k)]]
+        members[str(k)] = ([_cap(al, max_samples, rng)] if len(sizes_k) == 1 else
+                           [_cap(al.subset(np.arange(a, a + n)), max_samples, rng)
+                            for a, n in zip(np.cumsum([0, *sizes_k[:-1]]), sizes_k, strict=True)])
+    gens = {k: m[0] if len(m) == 1 else concat_sets(k, m) for k, m in members.items()}
     real_used = _cap(real_al, max_samples, rng)
     U = real_used.n_samples
     users = sample_users(real_used)
     classes = location_classes(real_used.stations, real_used.locations, rule=class_rule)
-    n_gen = min(g.n_samples for g in gens.values())
+    n_gen = min(g.n_samples for m in members.values() for g in m)
 
     ref_used: PreparedDataset | None = None
     ref_users: np.ndarray | None = None
@@ -549,6 +565,10 @@ def evaluate(
 
     errors: list[str] = []
     values: dict[str, dict[str, list[float]]] = {name: {m.name: [] for m in metrics} for name in gens}
+    # a pooled row: each of its sets' values per draw (the row's own values are their means)
+    per_set: dict[str, list[dict[str, list[float]]]] = {
+        name: [{m.name: [] for m in metrics} for _ in group]
+        for name, group in members.items() if len(group) > 1}
     if floor:
         values["floor"] = {m.name: [] for m in metrics}
     sizes: dict[str, Any] = {"real_total": real.n_samples, "real": U,
@@ -584,13 +604,21 @@ def evaluate(
                                   errors=errors)
             for m in metrics:
                 values["floor"][m.name].append(got.get(m.name, math.nan))  # NaN: not applicable
-        for name, g in gens.items():
-            gk = g if g.n_samples == n else g.subset(_trim(np.arange(g.n_samples), n, rng))
-            got = compute_metrics(a, gk, ctx, [m for m in metrics if m.name not in na.get(name, {})],
-                                  errors=errors)
+        for name, group in members.items():
+            gots = []
+            for j, g in enumerate(group):
+                gk = g if g.n_samples == n else g.subset(_trim(np.arange(g.n_samples), n, rng))
+                gots.append(compute_metrics(a, gk, ctx,
+                                            [m for m in metrics if m.name not in na.get(name, {})],
+                                            errors=errors))
+                if name in per_set:
+                    for m in metrics:
+                        per_set[name][j][m.name].append(gots[-1].get(m.name, math.nan))
             for m in metrics:
-                values[name][m.name].append(got.get(m.name, math.nan))
-        if not floor and draws > 1 and n == U and all(g.n_samples == n for g in gens.values()):
+                got_m = np.array([got.get(m.name, math.nan) for got in gots], dtype=np.float64)
+                values[name][m.name].append(float(got_m.mean()))
+        if (not floor and draws > 1 and n == U
+                and all(g.n_samples == n for group in members.values() for g in group)):
             break  # nothing random left to draw
 
     def stats(vals: dict[str, list[float]]) -> tuple[dict[str, float], dict[str, float]]:
@@ -606,14 +634,19 @@ def evaluate(
         return mean, sd
 
     rows, sd = {}, {}
+    pooled: dict[str, dict[str, Any]] = {}
     for name in gens:
         rows[name], sd[name] = stats(values[name])
+        if name in per_set:  # mean over the sets, sd over the sets' means
+            rows[name], sd[name], each = pooled_stats(per_set[name])
+            pooled[name] = {"sets": len(each), "per_set": each,
+                            "generated_totals": [g.n_samples for g in groups[name]]}
     floor_rows, floor_sd = {}, {}
     if floor:
         floor_rows["floor"], floor_sd["floor"] = stats(values["floor"])
     n_row = int(min(n_used))
     for name in gens:
-        sizes[name] = {"n": n_row, "real_n": n_row, "generated_total": generated[name].n_samples}
+        sizes[name] = {"n": n_row, "real_n": n_row, "generated_total": whole[name].n_samples}
     if floor:
         sizes["floor"] = {"n": n_row, "draws": len(n_used),
                           "kind": "real vs reference" if ref_used is not None else "user-disjoint halves"}
@@ -627,7 +660,7 @@ def evaluate(
                  f"so their floor is lower; {bins_of}).")
     if conventions == "movesim":
         notes.append(_movesim_note(max_distance, real.T))
-    if max_samples is not None and any(g.n_samples > max_samples for g in generated.values()):
+    if max_samples is not None and any(g.n_samples > max_samples for g in whole.values()):
         notes.append(f"Sets larger than max_samples = {max_samples} were randomly subsampled.")
     notes.extend(f"Not computed: {e}" for e in errors)
     notes.extend(_not_applicable_notes(na))
@@ -643,7 +676,7 @@ def evaluate(
         "real_source": real.meta.get("source"),
         "reference_source": reference.meta.get("source") if reference is not None else None,
         "train_source": train.meta.get("source") if train is not None else None,
-        "generated_sources": {name: g.meta.get("source") for name, g in generated.items()},
+        "generated_sources": {name: g.meta.get("source") for name, g in whole.items()},
     }
     if conventions == "movesim":
         config.update(movesim_max_distance=max_distance, movesim_jsd_base="e",
@@ -663,8 +696,8 @@ def evaluate(
                                              traffic=has(reference, "traffic", True))
     sanity.update({str(k): dataset_sanity(v, upper=upper, cap=cap, traffic=has(v, "traffic"),
                                           locations=has(v, "locations"))
-                   for k, v in generated.items()})
-    warnings = [f"{name}: {p}" for name in generated
+                   for k, v in whole.items()})
+    warnings = [f"{name}: {p}" for name in whole
                 for p in sanity_problems(sanity["real"], sanity[str(name)])]
 
     memo: dict[str, dict[str, Any]] = {}
@@ -687,7 +720,7 @@ def evaluate(
                               sizes=sizes, notes=notes, warnings=warnings, config=config,
                               location_classes=classes.to_dict(), sanity=sanity, memorisation=memo,
                               utility=util, stations=station_info, metrics=metrics,
-                              not_applicable=na)
+                              not_applicable=na, pooled=pooled)
     for w in warnings:
         logger.warning("OUT OF THE REAL RANGE: %s", w)
     logger.info("metrics of %d set(s) over %d draw(s) in %.2f s", len(gens), len(n_used),
@@ -737,22 +770,19 @@ def evaluate_dirs(
     train: Path | str | None = None,
     **kwargs: Any,
 ) -> EvaluationResult:
-    """:func:`evaluate` on dataset directories; each generated entry is ``DIR`` or ``NAME=DIR``.
+    """:func:`evaluate` on dataset directories; each generated entry is ``DIR``, ``NAME=DIR`` or
+    ``NAME=DIR0,DIR1,...`` (one row pooled over the sets, :mod:`mstdiff.metrics.pooled`).
 
     Without a name the row is named after the directory. Keyword arguments go to :func:`evaluate`.
     """
     real_ds = PreparedDataset.load(real)
-    gens: dict[str, PreparedDataset] = {}
+    gens: dict[str, list[PreparedDataset]] = {}
     for entry in generated:
-        name, sep, path = str(entry).partition("=")
-        if not sep:
-            name, path = Path(entry).name, str(entry)
-        if not name:
-            raise InputError(f"empty set name in {entry!r}", where="--generated", fix="use NAME=DIR")
+        name, paths = parse_generated(entry)
         if name in gens:
             raise InputError(f"two generated sets are named {name!r}", where="--generated",
-                             fix="name them: --generated NAME=DIR")
-        gens[name] = PreparedDataset.load(path)
+                             fix="name them: --generated NAME=DIR (NAME=DIR0,DIR1 pools sets in one row)")
+        gens[name] = [PreparedDataset.load(p) for p in paths]
     return evaluate(real_ds, gens, out,
                     reference=PreparedDataset.load(reference) if reference is not None else None,
                     train=PreparedDataset.load(train) if train is not None else None, **kwargs)

@@ -118,6 +118,13 @@ def _legend(res: EvaluationResult, bold: dict[str, str]) -> list[str]:
     else:
         lines.append("Conventions: mstdiff (the default; `--conventions movesim` gives MoveSim's).")
     lines.append(f"Cells: mean ± sd over {draws} draw(s); n: samples on each side of a comparison per draw.")
+    pooled = getattr(res, "pooled", {})
+    for k in sorted({p["sets"] for p in pooled.values()}):
+        names = ", ".join(n for n, p in pooled.items() if p["sets"] == k)
+        lines.append(f"Pooled row(s) {names}: {k} generated sets of one model (e.g. generation seeds), "
+                     "each compared as a single set; the cell is their mean, ± the sd over the sets' "
+                     "means (the spread from one generated set to the next; metrics.json `pooled` has "
+                     "each set's values). Plain statistics and memorisation read the sets concatenated.")
     if any(v == 0 for row in res.sd.values() for v in row.values()):
         lines.append("A model cell without ± is the same in every draw (the whole real set against the whole "
                      "generated set); its sampling spread is the floor's sd.")
