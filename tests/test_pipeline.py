@@ -77,6 +77,22 @@ def test_benchmark_runs_a_single_modality_baseline_with_its_other_metrics_not_ap
     assert "n/a" in (tmp_path / "x" / "results.md").read_text()
 
 
+def test_benchmark_pools_every_model_over_the_generation_seeds(tmp_path):
+    cfg = load_benchmark_config(REPO / "configs" / "benchmark_smoke.yaml",
+                                ["models=[markov, timegeo]", "generate.seeds=[0, 3, 3]"])
+    assert cfg.generate.all_seeds() == [0, 3]
+    res = run_benchmark(cfg, tmp_path / "x", progress=False)
+    model_dir = tmp_path / "x" / "models" / "markov"
+    assert (model_dir / "generated" / "meta.json").exists()
+    assert (model_dir / "generated-seed3" / "meta.json").exists()
+    pooled = res["metrics"]["pooled"]
+    assert pooled["markov"]["sets"] == 2 and pooled["timegeo"]["sets"] == 2
+    assert res["generation_seeds"] == [0, 3]
+    assert "2 sets of" in md_text(tmp_path / "x") and "Pooled row(s)" in md_text(tmp_path / "x")
+    with pytest.raises(InputError, match="generate.seeds"):
+        load_benchmark_config(REPO / "configs" / "benchmark_smoke.yaml", ["generate.seeds=[-1]"])
+
+
 def test_cli_prepare_info_split_evaluate(tmp_path):
     r = CliRunner()
     res = r.invoke(cli, ["prepare", "--source", "synthetic", "--out", str(tmp_path / "d"),
@@ -164,7 +180,8 @@ def test_a_day_pattern_run_skips_the_graph_stages_and_generates_stations(tmp_pat
         "data.parts={train: [real], val: [val], test: [val]}", "train.epochs=1",
         "model.pattern={enabled: true}", "model.location.process=absorbing",
         "model.denoiser={d_model: 16, n_heads: 2, use_traffic: false, use_vqvae: false, copy_head: false, "
-        "near_k: 0, move_decay: false}", "model.activity=false", "evaluate.plots=false"])
+        "near_k: 0, move_decay: false}", "model.activity=false", "evaluate.plots=false",
+        "generate.seeds=[0, 5]"])
     run_pipeline(cfg, tmp_path / "run", progress=False)
     run = tmp_path / "run"
     assert not any((run / d).exists() for d in ("kg", "embed", "transition", "vqvae"))
@@ -172,6 +189,10 @@ def test_a_day_pattern_run_skips_the_graph_stages_and_generates_stations(tmp_pat
     assert gen.n_stations == 10 and gen.locations.max() < 10 and not gen.has_traffic
     metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
     assert metrics["metrics"]["mstdiff"]["duration_jsd"] is not None
+    # generate.seeds: a second set from the same model, and the row pooled over both
+    other = PreparedDataset.load(run / "generated-seed5")
+    assert other.n_samples == gen.n_samples and (other.locations != gen.locations).any()
+    assert metrics["pooled"]["mstdiff"]["sets"] == 2
     with pytest.raises(InputError, match="absorbing"):
         load_run_config(REPO / "configs" / "demo.yaml", ["model.pattern={enabled: true}",
                                                         "model.location.process=graph"])

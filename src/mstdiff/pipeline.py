@@ -96,6 +96,10 @@ class GenerateConfig:
     n: int | None = None  # samples to generate (None: as many as the test split)
     batch_size: int = 256  # samples per sampling batch (memory is bounded by this)
     seed: int = 0  # sampling seed
+    # more generated sets, one per seed (e.g. [0, 1, 2]): every model's row is pooled over them
+    # (mean ± sd over the sets, mstdiff.metrics.pooled); the set of `seed` is written to
+    # `generated/`, the others to `generated-seed{k}/`. Empty: the one set of `seed`
+    seeds: list[int] = field(default_factory=list)
     # sampling options of model.hybrid for generation (e.g. {location_temperature: 0.9}); empty: as trained
     sampling: dict[str, Any] = field(default_factory=dict)
     # conditional generation (mstdiff.conditional) instead of unconditional samples, e.g.
@@ -103,6 +107,22 @@ class GenerateConfig:
     # {kind: both, mask: "after=18:00"}; keys: kind, given (test | a prepared dataset), mask,
     # samples_per_condition (K). Empty: unconditional
     condition: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bad = [k for k in self.seeds if not isinstance(k, int) or isinstance(k, bool) or k < 0]
+        if bad:
+            raise InputError(f"generate.seeds holds {bad}", where="generate.seeds",
+                             fix="give non-negative integers, e.g. [0, 1, 2]")
+
+    def all_seeds(self) -> list[int]:
+        """The generation seeds in order: ``seed`` first, then the others of ``seeds``."""
+        return [self.seed] + [k for k in dict.fromkeys(self.seeds) if k != self.seed]
+
+
+def generated_dir(model_dir: Path, config: GenerateConfig, seed: int) -> Path:
+    """Where the set of generation ``seed`` goes: ``generated/`` for ``config.seed``, else
+    ``generated-seed{seed}/``."""
+    return model_dir / ("generated" if seed == config.seed else f"generated-seed{seed}")
 
 
 @dataclass
@@ -372,8 +392,10 @@ def run_shared_stages(config: RunConfig, out: Path, timings: dict[str, float], *
 
 
 def train_and_generate_mstdiff(config: RunConfig, out: Path, st: Stages, model_dir: Path, n: int,
-                               timings: dict[str, float], *, progress: bool = True) -> PreparedDataset:
-    """Train MSTDiff into ``model_dir/train`` (resuming); generate ``n`` samples into ``.../generated``."""
+                               timings: dict[str, float], *, progress: bool = True) -> list[PreparedDataset]:
+    """Train MSTDiff into ``model_dir/train`` (resuming); generate ``n`` samples into ``.../generated``
+    (and one more set per extra seed of ``generate.seeds``, :func:`generated_dir`); the sets in
+    seed order."""
     with _stage("train", timings):
         if not (model_dir / "train" / "model.pt").exists():
             graph = needs_graph([config.model], st.data)  # else the stages were skipped
@@ -389,21 +411,26 @@ def train_and_generate_mstdiff(config: RunConfig, out: Path, st: Stages, model_d
             )
     gc = config.generate
     with _stage("generate", timings):
-        if not (model_dir / "generated" / "meta.json").exists():
-            model = MSTDiff.load(model_dir / "train" / "model.pt").with_sampling(**gc.sampling)
+        model = None
+        for seed in gc.all_seeds():
+            where = generated_dir(model_dir, gc, seed)
+            if (where / "meta.json").exists():
+                continue
+            if model is None:
+                model = MSTDiff.load(model_dir / "train" / "model.pt").with_sampling(**gc.sampling)
             if gc.condition:
                 from mstdiff.conditional import generate_conditional
 
                 c = gc.condition
                 generate_conditional(model, st.train, condition_set(config, st), c["kind"],
-                                     model_dir / "generated", mask=c.get("mask"),
+                                     where, mask=c.get("mask"),
                                      samples_per_condition=int(c.get("samples_per_condition", 1)),
-                                     seed=gc.seed, batch_size=gc.batch_size, device=config.train.device,
+                                     seed=seed, batch_size=gc.batch_size, device=config.train.device,
                                      progress=progress, condition_path=str(c.get("given", "test")))
             else:
-                generate(model, st.train, n, model_dir / "generated", seed=gc.seed,
+                generate(model, st.train, n, where, seed=seed,
                          batch_size=gc.batch_size, device=config.train.device, progress=progress)
-        return PreparedDataset.load(model_dir / "generated")
+        return [PreparedDataset.load(generated_dir(model_dir, gc, seed)) for seed in gc.all_seeds()]
 
 
 CONDITION_KEYS = ("kind", "given", "mask", "samples_per_condition")
@@ -437,9 +464,10 @@ def _run_pipeline(config: RunConfig, out: Path, progress: bool) -> dict[str, Any
         return meta
     st = run_shared_stages(config, out, timings, progress=progress)
     n = config.generate.n or st.test.n_samples
-    gen = train_and_generate_mstdiff(config, out, st, out, n, timings, progress=progress)
+    gens = train_and_generate_mstdiff(config, out, st, out, n, timings, progress=progress)
+    gen = gens[0]
     with _stage("evaluate", timings):
-        result = evaluate(st.test, {"mstdiff": gen}, out / "evaluate", seed=config.evaluate.seed,
+        result = evaluate(st.test, {"mstdiff": gens}, out / "evaluate", seed=config.evaluate.seed,
                           reference=st.train, train=st.train, plots=config.evaluate.plots, overwrite=True)
         paired = None
         if config.generate.condition:  # the pairing is real: paired scores against the conditions
@@ -578,8 +606,9 @@ def _run_benchmark(config: BenchmarkConfig, out: Path, variants: dict[str, RunCo
             bind = getattr(part, "bind_run_dir", None)
             if callable(bind):
                 bind(out)
-    generated: dict[str, PreparedDataset] = {}
+    generated: dict[str, list[PreparedDataset]] = {}
     costs: dict[str, dict[str, float]] = {}
+    gc = config.generate
     for name in config.models:
         model_dir = out / "models" / name
         t0 = time.perf_counter()
@@ -588,11 +617,17 @@ def _run_benchmark(config: BenchmarkConfig, out: Path, variants: dict[str, RunCo
                                                          progress=progress)
         else:
             model = baselines[name]
-            if not (model_dir / "generated" / "meta.json").exists():
-                model.fit(st.train, val=st.val, progress=progress)
-                generate_dataset(model, st.train, n, config.generate.seed, progress=progress).save(
-                    model_dir / "generated", overwrite=True)
-            generated[name] = PreparedDataset.load(model_dir / "generated")
+            fitted = False
+            for seed in gc.all_seeds():  # a baseline is fitted once, then draws one set per seed
+                where = generated_dir(model_dir, gc, seed)
+                if (where / "meta.json").exists():
+                    continue
+                if not fitted:
+                    model.fit(st.train, val=st.val, progress=progress)
+                    fitted = True
+                generate_dataset(model, st.train, n, seed, progress=progress).save(where, overwrite=True)
+            generated[name] = [PreparedDataset.load(generated_dir(model_dir, gc, seed))
+                               for seed in gc.all_seeds()]
         costs[name] = {"seconds": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
         logger.info("benchmark: %s done in %.1f s", name, costs[name]["seconds"])
     with _stage("evaluate", timings):
@@ -604,8 +639,13 @@ def _run_benchmark(config: BenchmarkConfig, out: Path, variants: dict[str, RunCo
         pair = "yes" if getattr(baselines.get(name), "independent", False) else "no"
         cost_lines.append(f"| {name} | {c['seconds']:.1f} | {c['peak_rss_mb']:.0f} | {pair} |")
     table = result.to_markdown()
+    seeds = gc.all_seeds()
+    listed = ", ".join(map(str, seeds))
+    per_model = (f"{n} samples generated per model" if len(seeds) == 1 else
+                 f"{len(seeds)} sets of {n} samples generated per model (seeds {listed}), "
+                 "each row pooled over them")
     md = (f"# Benchmark\n\nReal set: test split ({st.test.n_samples} samples, N = {st.data.n_stations}, "
-          f"T = {st.data.T}); {n} samples generated per model.\n\n{table}\n\n## Cost\n\n"
+          f"T = {st.data.T}); {per_model}.\n\n{table}\n\n## Cost\n\n"
           + "\n".join(cost_lines)
           + "\n\nWall time covers fitting (or training) and generation; a model whose output already "
             "existed shows only its loading time. Peak RSS is the process maximum up to the end of that "
@@ -613,7 +653,8 @@ def _run_benchmark(config: BenchmarkConfig, out: Path, variants: dict[str, RunCo
             "coupled ones (independent pair: no) whose traffic follows the trajectory model's locations.\n")
     atomic_write_text(out / "results.md", md)
     results = run_meta(stage="benchmark", models=config.models, costs=costs, stage_timings=timings,
-                       metrics=result.to_dict(), sizes={"test": st.test.n_samples, "generated": n})
+                       metrics=result.to_dict(), sizes={"test": st.test.n_samples, "generated": n},
+                       generation_seeds=seeds)
     write_json(out / "results.json", results)
     results["markdown"] = md
     return results
