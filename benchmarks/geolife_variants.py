@@ -104,12 +104,19 @@ def main() -> None:
     rep = evaluate(val, sets, None, reference=train, draws=args.draws, plots=False)
     floor = rep.floor_rows["floor"]
     summary: dict[str, dict[str, float]] = {"real (validation share)": day_stats(val)}
-    for name, ds in sets.items():
-        summary[name] = {**{c: rep.rows[name][c] / floor[c] for c in COLUMNS}, **day_stats(ds)}
-    if len(model_rows) > 1:
+
+    def row(name: str) -> dict[str, float]:
+        return {**{c: rep.rows[name][c] / floor[c] for c in COLUMNS}, **day_stats(sets[name])}
+
+    for name in model_rows:
+        summary[name] = row(name)
+    if len(model_rows) > 1:  # the seeds' mean and sd right below them, then the baselines
         per_seed = [summary[name] for name in model_rows]
         summary[f"{args.name} mean"] = {k: float(np.mean([r[k] for r in per_seed])) for k in per_seed[0]}
         summary[f"{args.name} sd"] = {k: float(np.std([r[k] for r in per_seed], ddof=1)) for k in per_seed[0]}
+    for name in sets:
+        if name not in model_rows:
+            summary[name] = row(name)
     summary[model_rows[0]].update(train_seconds=train_s, generate_seconds=gen_s)
     stat_cols = ("changes_per_day", "distinct_per_day", "mean_stay_slots", "jump_km_median",
                  "jump_km_p90", "stations_used")
