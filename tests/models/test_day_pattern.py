@@ -18,8 +18,11 @@ from mstdiff.models.day_pattern import (
     day_patterns,
     decode_moves,
     encode_moves,
+    invalid_moves,
     label_roles,
     permute_labels,
+    redraw_invalid_moves,
+    valid_move_mask,
 )
 
 
@@ -84,6 +87,91 @@ def test_any_token_sequence_decodes_to_a_pattern(tok):
     stay = np.zeros(tok.shape, dtype=bool)
     stay[:, 1:] = tok[:, 1:] == 0
     assert (z[stay] == np.roll(z, 1, axis=1)[stay]).all()  # STAY keeps the place
+
+
+tokens_any = arrays(np.int64, st.tuples(st.integers(1, 6), st.integers(1, 12)), elements=st.integers(0, 13))
+
+
+def first_bad_oracle(row: np.ndarray) -> int:
+    """The first slot where a row's tokens differ from those of the pattern they decode to, −1 if none."""
+    back = encode_moves(decode_moves(row[None]))[0]
+    diff = np.flatnonzero(back != row)
+    return int(diff[0]) if diff.size else -1
+
+
+def valid_oracle(prefix: np.ndarray, V: int) -> set[int]:
+    """Tokens v after ``prefix`` for which ``prefix + [v]`` encodes back to itself (brute force)."""
+    ok = set()
+    for v in range(V):
+        row = np.append(prefix, v)[None]
+        if (encode_moves(decode_moves(row)) == row).all():
+            ok.add(v)
+    return ok
+
+
+@settings(max_examples=60, deadline=None)
+@given(tokens_any)
+def test_invalid_moves_are_where_the_tokens_stop_encoding_their_own_pattern(tok):
+    bad = invalid_moves(torch.from_numpy(tok)).numpy()
+    for u, row in enumerate(tok):
+        first = first_bad_oracle(row)
+        assert bad[u].any() == (first >= 0)
+        if first >= 0:
+            assert int(np.flatnonzero(bad[u])[0]) == first
+    assert not invalid_moves(torch.from_numpy(encode_moves(tok))).any()  # real patterns have none
+
+
+@settings(max_examples=40, deadline=None)
+@given(tokens_any, st.data())
+def test_the_valid_moves_after_a_prefix_match_brute_force(tok, data):
+    U, T = tok.shape
+    V = 14
+    slot = np.array([data.draw(st.integers(0, T - 1)) for _ in range(U)])
+    ok = valid_move_mask(torch.from_numpy(tok), torch.from_numpy(slot), V).numpy()
+    for u in range(U):
+        prefix = tok[u, : slot[u]]
+        if invalid_moves(torch.from_numpy(prefix[None])).any():
+            continue  # only defined after a valid prefix
+        assert set(np.flatnonzero(ok[u]).tolist()) == valid_oracle(prefix, V)
+
+
+def test_redrawing_leaves_valid_rows_alone_and_makes_every_row_valid():
+    g = torch.Generator().manual_seed(0)
+    T, V, mask = 12, 14, 14
+    real = torch.from_numpy(encode_moves(np.random.default_rng(0).integers(0, 4, (30, T))))
+    noisy = torch.randint(0, V, (40, T), generator=g)
+    tok = torch.cat([real, noisy])
+    calls = []
+
+    def uniform(x, rows):
+        calls.append(int(rows.numel()))
+        assert (x.reshape(-1)[rows] == mask).all() and (x == mask).sum() == rows.numel()  # one per row
+        return torch.zeros(rows.numel(), V)
+
+    out = redraw_invalid_moves(tok, uniform, mask, generator=g)
+    assert not invalid_moves(out).any()
+    np.testing.assert_array_equal(out[:30].numpy(), real.numpy())  # already valid: untouched
+    bad = invalid_moves(tok)
+    first = bad.float().argmax(1)
+    for u in range(tok.shape[0]):  # the prefix before a row's first invalid slot is kept
+        if bad[u].any():
+            assert (out[u, : first[u]] == tok[u, : first[u]]).all()
+    assert len(calls) <= T and calls[0] == int(bad.any(1).sum())
+
+
+def test_a_redrawn_token_follows_the_network_restricted_to_the_valid_moves():
+    # [NEW, NEW, RETURN_5]: the return is invalid (2 places so far); the network prefers RETURN_5,
+    # then RETURN_1 (the current place: invalid too), then RETURN_0 3:1 over STAY
+    tok = torch.tensor([[1, 1, 7]]).repeat(4000, 1)
+    V, mask = 8, 8
+    logit = torch.full((V,), -30.0)
+    logit[7], logit[3], logit[2], logit[0] = 10.0, 9.0, np.log(3.0), 0.0
+
+    out = redraw_invalid_moves(tok, lambda x, rows: logit.expand(rows.numel(), V).clone(), mask,
+                               generator=torch.Generator().manual_seed(1))
+    drawn = out[:, 2]
+    assert set(drawn.unique().tolist()) <= {0, 2}
+    assert abs((drawn == 2).float().mean().item() - 0.75) < 0.03
 
 
 def test_a_pattern_config_knows_its_alphabet():

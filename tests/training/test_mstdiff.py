@@ -337,6 +337,46 @@ def test_a_pattern_model_draws_patterns_then_stations(city, tmp_path, tokens):
     assert (day_patterns(g.locations).max(1) + 1 == [len(set(r)) for r in g.locations]).all()
 
 
+def test_a_move_pattern_model_redraws_its_invalid_tokens_on_request(city, tmp_path, monkeypatch):
+    import mstdiff.training.mstdiff as mod
+    from mstdiff.models.day_pattern import decode_moves, invalid_moves
+
+    traj = _no_traffic(city)
+    train_mstdiff(traj, traj.subset(np.arange(8)), discrete=None, vqvae=None,
+                  model_config=_pattern_config("moves"), train_config=train_config(epochs=1),
+                  out_dir=tmp_path / "m")
+    model = MSTDiff.load(tmp_path / "m")
+    assert not model.config.pattern.redraw_invalid  # off unless asked for
+    fixed = model.with_sampling(redraw_invalid=True)
+    assert fixed.config.pattern.redraw_invalid and fixed.assigner is model.assigner
+    with pytest.raises(InputError, match="redraw_invalid"):
+        model.with_sampling(redraw_invalid="often")
+    seen = {}
+    real_redraw = mod.redraw_invalid_moves
+
+    def spy(tokens, logits_fn, mask_id, **kw):
+        out = real_redraw(tokens, logits_fn, mask_id, **kw)
+        seen["in"], seen["out"] = tokens.clone(), out.clone()
+        return out
+
+    monkeypatch.setattr(mod, "redraw_invalid_moves", spy)
+    assigned = {}
+    real_assign = model.assigner.assign
+
+    def assign(z, rng):
+        assigned["z"] = z.copy()
+        return real_assign(z, rng)
+
+    monkeypatch.setattr(model.assigner, "assign", assign)
+    _, lo = fixed.sample(64, generator=torch.Generator().manual_seed(0))
+    assert lo.shape == (64, city.T)
+    assert not invalid_moves(seen["out"]).any()
+    np.testing.assert_array_equal(assigned["z"], decode_moves(seen["out"].numpy()))  # the redrawn tokens
+    seen.clear()
+    model.sample(8, generator=torch.Generator().manual_seed(0))
+    assert not seen  # not asked for: not called
+
+
 def test_pattern_training_maps_the_labels_afresh_every_epoch_and_resumes_exactly(city, tmp_path, monkeypatch):
     import mstdiff.training.mstdiff as tm
 

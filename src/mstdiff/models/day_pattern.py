@@ -48,6 +48,7 @@ pattern says of each place):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -60,7 +61,8 @@ from mstdiff.config import Check, ge, gt, one_of
 from mstdiff.errors import InputError
 
 __all__ = ["DayPatternConfig", "StationAssigner", "day_patterns", "decode_moves", "encode_moves",
-           "label_roles", "permute_labels", "ROLE_EDGES", "STAY", "NEW"]
+           "invalid_moves", "label_roles", "permute_labels", "redraw_invalid_moves", "valid_move_mask",
+           "ROLE_EDGES", "STAY", "NEW"]
 
 STAY, NEW = 0, 1  # move tokens; 2 + k: RETURN to the day's k-th place
 TOKENS = ("moves", "labels")
@@ -78,6 +80,8 @@ class DayPatternConfig:
         "tokens": one_of(*TOKENS), "labels": ge(2), "role_smoothing": gt(0), "move_smoothing": gt(0),
         "neighbours": ge(1), "floor": ge(0),
     }
+    # fields that only change how a trained model samples (``--sample redraw_invalid=true``)
+    SAMPLING: ClassVar[tuple[str, ...]] = ("redraw_invalid",)
 
     enabled: bool = False  # False: the network draws the stations themselves (the default)
     tokens: str = "moves"  # what the network diffuses: "moves" (STAY / NEW / RETURN_k) or "labels"
@@ -86,6 +90,11 @@ class DayPatternConfig:
     move_smoothing: float = 0.3  # λ: pseudo-count of each back-off (slot → all slots → kernel)
     neighbours: int = 64  # stations of the back-off kernel K_i (nearest on the map)
     floor: float = 0.05  # ε: a kernel station never visited first weighs ε × the mean arrivals
+    # sampling, tokens "moves": redraw every token that no real day can hold (a RETURN to a place the
+    # day has not reached, or to the place it is at; slot 0 not NEW) from the network's law given the
+    # rest of the day, restricted to the valid moves (:func:`redraw_invalid_moves`); False: decode
+    # them as NEW / STAY
+    redraw_invalid: bool = False
 
     def num_symbols(self, T: int) -> int:
         """Size of the token alphabet the network sees for windows of T slots."""
@@ -168,6 +177,84 @@ def decode_moves(tokens: np.ndarray) -> np.ndarray:
         n = n + new
         z[:, t] = cur
     return z.astype(np.int32)
+
+
+def _move_state(tok: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per slot of move tokens ``(B, T)``: ``(invalid, cur, n)``, whether the token is one that
+    :func:`encode_moves` never emits given the slots before it, the place (pattern label) of slot
+    t − 1 and the number of places before slot t, as :func:`decode_moves` reads the prefix."""
+    B, T = tok.shape
+    invalid = torch.zeros((B, T), dtype=torch.bool, device=tok.device)
+    cur_at = torch.zeros((B, T), dtype=torch.long, device=tok.device)
+    n_at = torch.zeros((B, T), dtype=torch.long, device=tok.device)
+    if T == 0:
+        return invalid, cur_at, n_at
+    invalid[:, 0] = tok[:, 0] != NEW
+    cur = torch.zeros(B, dtype=torch.long, device=tok.device)
+    n = torch.ones(B, dtype=torch.long, device=tok.device)
+    for t in range(1, T):
+        cur_at[:, t], n_at[:, t] = cur, n
+        k = tok[:, t] - 2
+        is_ret = tok[:, t] >= 2
+        invalid[:, t] = is_ret & ((k >= n) | (k == cur))
+        ret = is_ret & (k < n) & (k != cur)
+        new = (tok[:, t] == NEW) | (is_ret & (k >= n))
+        cur = torch.where(ret, k, torch.where(new, n, cur))
+        n = n + new.long()
+    return invalid, cur_at, n_at
+
+
+def invalid_moves(tokens: Tensor) -> Tensor:
+    """``(B, T)`` bool: the move tokens that no real day holds given the slots before them (slot 0
+    not ``NEW``; a ``RETURN_k`` to a place not reached yet or to the current place). A row has none
+    exactly when ``encode_moves(decode_moves(row)) == row``."""
+    return _move_state(tokens.long())[0]
+
+
+def valid_move_mask(tokens: Tensor, slot: Tensor, num_symbols: int) -> Tensor:
+    """``(B, num_symbols)`` bool: the tokens that are valid at ``slot (B,)`` of each row given the
+    row's slots before it: ``NEW``, and for a slot after the first ``STAY`` and the returns to the
+    places reached before it other than the current one."""
+    _, cur_at, n_at = _move_state(tokens.long())
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    cur, n = cur_at[rows, slot], n_at[rows, slot]  # (B,)
+    sym = torch.arange(num_symbols, device=tokens.device)[None, :]  # (1, V)
+    k = sym - 2
+    ok = (sym == NEW) | ((sym == STAY) & (slot[:, None] > 0))
+    return ok | ((sym >= 2) & (k < n[:, None]) & (k != cur[:, None]) & (slot[:, None] > 0))
+
+
+def redraw_invalid_moves(tokens: Tensor, logits_fn: Any, mask_id: int, *,
+                         generator: torch.Generator | None = None, max_rounds: int | None = None) -> Tensor:
+    """Move tokens ``(B, T)`` with every invalid token (:func:`invalid_moves`) redrawn.
+
+    Round by round, the first invalid slot of each row that has one is masked and drawn again from
+    the network's law given the rest of the row, ``softmax`` of ``logits_fn(x, rows)`` (``x`` the
+    tokens with those slots masked as ``mask_id``, ``rows`` their flat indices into the B·T
+    tokens; it returns ``(M, V)`` logits) restricted to the tokens valid after the row's prefix
+    (:func:`valid_move_mask`): a Gibbs step of the model's conditional onto the days that exist.
+    The prefix before the redrawn slot is valid and unchanged, so each row's first invalid slot
+    moves right every round: at most T rounds (``max_rounds``), each one network call on the rows
+    that still need it. Rows without invalid tokens are returned as they are.
+    """
+    tok = tokens.long().clone()
+    B, T = tok.shape
+    for _ in range(T if max_rounds is None else max_rounds):
+        bad = invalid_moves(tok)
+        todo = bad.any(dim=1).nonzero().squeeze(-1)  # (R,)
+        if not todo.numel():
+            break
+        slot = bad[todo].float().argmax(dim=1)  # (R,) first invalid slot
+        x = tok[todo].clone()
+        x[torch.arange(todo.numel(), device=x.device), slot] = mask_id
+        flat = torch.arange(todo.numel(), device=x.device) * T + slot
+        logits = logits_fn(x, flat).float()  # (R, V)
+        allowed = valid_move_mask(x, slot, logits.shape[-1])
+        probs = torch.softmax(logits.masked_fill(~allowed, -math.inf), dim=-1)
+        gen_device = generator.device if generator is not None else probs.device
+        draw = torch.multinomial(probs.to(gen_device), 1, generator=generator).squeeze(-1)
+        tok[todo, slot] = draw.to(tok.device)
+    return tok
 
 
 def label_roles(patterns: np.ndarray) -> np.ndarray:

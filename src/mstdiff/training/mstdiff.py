@@ -44,7 +44,7 @@ from mstdiff.diffusion.hybrid import HybridConfig, HybridDiffusion
 from mstdiff.diffusion.location import LocationConfig, make_location_process
 from mstdiff.errors import InputError
 from mstdiff.io import atomic_dir, atomic_write_text, check_output_dir, run_meta, write_json
-from mstdiff.models.day_pattern import DayPatternConfig, StationAssigner, permute_labels
+from mstdiff.models.day_pattern import DayPatternConfig, StationAssigner, permute_labels, redraw_invalid_moves
 from mstdiff.models.denoiser import DenoiserConfig, MSTDiffDenoiser
 from mstdiff.models.losses import training_loss
 from mstdiff.models.vqvae import VQVAE
@@ -133,6 +133,17 @@ class ModelConfig:
     pattern: DayPatternConfig = field(default_factory=DayPatternConfig)
 
 
+def check_sampling_options(options: dict[str, Any], where: str = "sampling") -> None:
+    """Sampling options are fields of ``model.hybrid`` or the sampling fields of ``model.pattern``
+    (:attr:`DayPatternConfig.SAMPLING`); anything else is an :class:`InputError`."""
+    known = {f.name for f in dataclasses.fields(HybridConfig)} | set(DayPatternConfig.SAMPLING)
+    bad = sorted(set(options) - known)
+    if bad:
+        raise InputError(f"unknown sampling option(s) {bad}", where=where,
+                         fix=f"use fields of model.hybrid or model.pattern's "
+                             f"{list(DayPatternConfig.SAMPLING)}: {sorted(known)}")
+
+
 def check_pattern(config: ModelConfig, where: str = "model") -> None:
     """``model.pattern.enabled`` needs a trajectory-only model with absorbing noise and a copy head
     that reads no station coordinates (the pattern's labels have none)."""
@@ -209,19 +220,20 @@ class MSTDiff:
 
     def with_sampling(self, **options: Any) -> MSTDiff:
         """This model with other sampling options of ``model.hybrid`` (e.g. ``location_temperature``,
-        ``unmask_order``); the weights are shared. Unknown names are an :class:`InputError`."""
+        ``unmask_order``) or ``model.pattern`` (``redraw_invalid``); the weights are shared. Unknown
+        names are an :class:`InputError`."""
         if not options:
             return self
-        known = {f.name for f in dataclasses.fields(HybridConfig)}
-        bad = sorted(set(options) - known)
-        if bad:
-            raise InputError(f"unknown sampling option(s) {bad}", where="sampling",
-                             fix=f"use fields of model.hybrid: {sorted(known)}")
-        hcfg = dataclasses.replace(self.hybrid.config, **options)
+        check_sampling_options(options)
+        hopts = {k: v for k, v in options.items() if k not in DayPatternConfig.SAMPLING}
+        popts = {k: v for k, v in options.items() if k in DayPatternConfig.SAMPLING}
+        hcfg = dataclasses.replace(self.hybrid.config, **hopts)
         hybrid = HybridDiffusion(self.hybrid.gaussian, self.hybrid.discrete, hcfg,
                                  activity=self.hybrid.activity)
-        return MSTDiff(self.denoiser, hybrid, self.scaler, dataclasses.replace(self.config, hybrid=hcfg),
-                       assigner=self.assigner)
+        pattern = (from_dict(DayPatternConfig, {**to_dict(self.config.pattern), **popts}, where="sampling",
+                             prefix="model.pattern.") if popts else self.config.pattern)
+        config = dataclasses.replace(self.config, hybrid=hcfg, pattern=pattern)
+        return MSTDiff(self.denoiser, hybrid, self.scaler, config, assigner=self.assigner)
 
     @torch.no_grad()
     def sample(
@@ -240,7 +252,11 @@ class MSTDiff:
         T = self.config.denoiser.seq_len
         out = self.hybrid.sample(self.denoiser, n, T, generator, device=device, progress=progress,
                                  on_step=on_step, impute=impute, guide=guide)
-        l0 = out.l0.cpu().numpy().astype(np.int32)
+        l0_tok = out.l0
+        pattern = self.config.pattern
+        if self.assigner is not None and pattern.tokens == "moves" and pattern.redraw_invalid:
+            l0_tok = self._redraw_invalid(l0_tok, generator)
+        l0 = l0_tok.cpu().numpy().astype(np.int32)
         if self.assigner is not None:  # l0 holds tokens of day patterns: draw their stations
             seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
             l0 = self.assigner.assign(self.config.pattern.decode(l0), np.random.default_rng(seed))
@@ -250,6 +266,29 @@ class MSTDiff:
         traffic = (self.scaler.decode(x) if out.a0 is None
                    else self.scaler.decode_with_activity(x, out.a0)).float().cpu().numpy()
         return traffic.astype(np.float32), l0
+
+    def _redraw_invalid(self, tokens: Tensor, generator: torch.Generator) -> Tensor:
+        """``model.pattern.redraw_invalid``: the day patterns' invalid move tokens drawn again from
+        the network given the rest of each day (:func:`redraw_invalid_moves`), at the step whose
+        share of masked slots is one slot in T."""
+        T = tokens.shape[1]
+        step = max(1, round(self.hybrid.num_steps / T))
+        mask_id = getattr(self.hybrid.discrete, "mask_id", None)
+        if mask_id is None:
+            raise InputError("model.pattern.redraw_invalid needs the absorbing location process",
+                             where="sampling", fix="set redraw_invalid=false")
+        was_training = self.denoiser.training
+        self.denoiser.eval()
+
+        def logits_fn(x: Tensor, rows: Tensor) -> Tensor:
+            w = torch.zeros(x.shape, device=x.device)
+            s = torch.full((x.shape[0],), step, dtype=torch.long, device=x.device)
+            return self.denoiser(w, x, s, rows=rows).logits
+
+        try:
+            return redraw_invalid_moves(tokens, logits_fn, int(mask_id), generator=generator)
+        finally:
+            self.denoiser.train(was_training)
 
     def generate(self, n: int | None = None, *, generator: torch.Generator, condition: Any = None,
                  device: torch.device | str | None = None, batch_size: int = 256,
