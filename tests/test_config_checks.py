@@ -45,6 +45,7 @@ BAD_SETS = [
     ("generate.n=-5", ">= 1"),
     ("generate.sampling.location_temperature=-1", "> 0"),
     ("generate.sampling.temperature=0.9", "unknown sampling option"),
+    ("generate.sampling.redraw_invalid=often", "true or false"),
     ("kg.embed.lr=0", "> 0"),
     ("kg.embed.holdout=1.5", "in [0, 1)"),
     ("kg.embed.dim=8", "unknown"),
@@ -150,3 +151,9 @@ def test_reader_option_that_is_not_yaml_is_kept_as_text():
 
     assert _parse_options(("timestamp_format=%Y%m%d%H%M%S", "n=3")) == {"timestamp_format": "%Y%m%d%H%M%S",
                                                                          "n": 3}
+
+
+def test_a_pattern_sampling_option_is_accepted_beside_those_of_the_hybrid():
+    cfg = load_run_config(DEMO, ["generate.sampling.redraw_invalid=true",
+                                 "generate.sampling.location_temperature=0.9"])
+    assert cfg.generate.sampling == {"redraw_invalid": True, "location_temperature": 0.9}
