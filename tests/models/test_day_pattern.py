@@ -18,6 +18,7 @@ from mstdiff.models.day_pattern import (
     day_patterns,
     decode_moves,
     encode_moves,
+    gibbs_moves,
     invalid_moves,
     label_roles,
     permute_labels,
@@ -172,6 +173,34 @@ def test_a_redrawn_token_follows_the_network_restricted_to_the_valid_moves():
     drawn = out[:, 2]
     assert set(drawn.unique().tolist()) <= {0, 2}
     assert abs((drawn == 2).float().mean().item() - 0.75) < 0.03
+
+
+def test_a_gibbs_sweep_redraws_every_slot_once_from_the_valid_moves():
+    g = torch.Generator().manual_seed(0)
+    B, T, V, mask = 16, 10, 12, 12
+    tok = torch.randint(0, V, (B, T), generator=g)
+    seen = []
+
+    def new_only(x, rows):  # the network is sure of NEW everywhere
+        assert (x == mask).sum() == B and (x.reshape(-1)[rows] == mask).all()  # one slot per row
+        seen.append(int(rows[0]) % T)
+        out = torch.full((rows.numel(), V), -20.0)
+        out[:, 1] = 5.0
+        return out
+
+    out = gibbs_moves(tok, new_only, mask, 2, generator=g)
+    assert (out == 1).all()  # every slot was redrawn
+    assert sorted(seen[:T]) == list(range(T)) and sorted(seen[T:]) == list(range(T))  # once a sweep
+    assert seen[:T] != seen[T:]  # a fresh order each sweep (this seed)
+
+    def stay_favoured(x, rows):  # STAY is invalid at slot 0: the draw there must be NEW
+        out = torch.full((rows.numel(), V), -20.0)
+        out[:, 0] = 5.0
+        return out
+
+    out = gibbs_moves(tok, stay_favoured, mask, 1, generator=g)
+    assert (out[:, 0] == 1).all() and (out[:, 1:] == 0).all() and not invalid_moves(out).any()
+    np.testing.assert_array_equal(gibbs_moves(tok, stay_favoured, mask, 0).numpy(), tok.numpy())
 
 
 def test_a_pattern_config_knows_its_alphabet():

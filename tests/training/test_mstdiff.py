@@ -375,6 +375,11 @@ def test_a_move_pattern_model_redraws_its_invalid_tokens_on_request(city, tmp_pa
     seen.clear()
     model.sample(8, generator=torch.Generator().manual_seed(0))
     assert not seen  # not asked for: not called
+    swept = model.with_sampling(gibbs_sweeps=1)  # Gibbs sweeps end with the redraw too
+    _, lo = swept.sample(8, generator=torch.Generator().manual_seed(0))
+    assert lo.shape == (8, city.T) and not invalid_moves(seen["out"]).any()
+    with pytest.raises(InputError, match="gibbs_sweeps"):
+        model.with_sampling(gibbs_sweeps=-1)
 
 
 def test_pattern_training_maps_the_labels_afresh_every_epoch_and_resumes_exactly(city, tmp_path, monkeypatch):

@@ -61,7 +61,8 @@ from mstdiff.config import Check, ge, gt, one_of
 from mstdiff.errors import InputError
 
 __all__ = ["DayPatternConfig", "StationAssigner", "day_patterns", "decode_moves", "encode_moves",
-           "invalid_moves", "label_roles", "permute_labels", "redraw_invalid_moves", "valid_move_mask",
+           "gibbs_moves", "invalid_moves", "label_roles", "permute_labels", "redraw_invalid_moves",
+           "valid_move_mask",
            "ROLE_EDGES", "STAY", "NEW"]
 
 STAY, NEW = 0, 1  # move tokens; 2 + k: RETURN to the day's k-th place
@@ -78,10 +79,10 @@ class DayPatternConfig:
 
     CHECKS: ClassVar[dict[str, Check]] = {
         "tokens": one_of(*TOKENS), "labels": ge(2), "role_smoothing": gt(0), "move_smoothing": gt(0),
-        "neighbours": ge(1), "floor": ge(0),
+        "neighbours": ge(1), "floor": ge(0), "gibbs_sweeps": ge(0),
     }
     # fields that only change how a trained model samples (``--sample redraw_invalid=true``)
-    SAMPLING: ClassVar[tuple[str, ...]] = ("redraw_invalid",)
+    SAMPLING: ClassVar[tuple[str, ...]] = ("redraw_invalid", "gibbs_sweeps")
 
     enabled: bool = False  # False: the network draws the stations themselves (the default)
     tokens: str = "moves"  # what the network diffuses: "moves" (STAY / NEW / RETURN_k) or "labels"
@@ -95,6 +96,10 @@ class DayPatternConfig:
     # rest of the day, restricted to the valid moves (:func:`redraw_invalid_moves`); False: decode
     # them as NEW / STAY
     redraw_invalid: bool = False
+    # sampling, tokens "moves": sweeps of Gibbs steps after the sampler, each slot in a random order
+    # redrawn from the network given all the others, restricted to the valid moves (:func:`gibbs_moves`;
+    # one network call per slot and sweep); 0: none
+    gibbs_sweeps: int = 0
 
     def num_symbols(self, T: int) -> int:
         """Size of the token alphabet the network sees for windows of T slots."""
@@ -254,6 +259,34 @@ def redraw_invalid_moves(tokens: Tensor, logits_fn: Any, mask_id: int, *,
         gen_device = generator.device if generator is not None else probs.device
         draw = torch.multinomial(probs.to(gen_device), 1, generator=generator).squeeze(-1)
         tok[todo, slot] = draw.to(tok.device)
+    return tok
+
+
+def gibbs_moves(tokens: Tensor, logits_fn: Any, mask_id: int, sweeps: int, *,
+                generator: torch.Generator | None = None) -> Tensor:
+    """Move tokens ``(B, T)`` after ``sweeps`` Gibbs sweeps of the network's conditionals.
+
+    Each sweep visits the slots in a random order; at slot t every row's token is masked and drawn
+    again from ``softmax(logits_fn(x, rows))`` (as in :func:`redraw_invalid_moves`) restricted to the
+    moves valid after the row's slots before t. A redraw can make a later token invalid (a place
+    fewer or more before it); those are left to :func:`redraw_invalid_moves`, which the caller runs
+    after.
+    """
+    tok = tokens.long().clone()
+    B, T = tok.shape
+    rows = torch.arange(B, device=tok.device)
+    gen_device = generator.device if generator is not None else tok.device
+    for _ in range(sweeps):
+        order = torch.randperm(T, generator=generator, device=gen_device).tolist()
+        for t in order:
+            x = tok.clone()
+            x[:, t] = mask_id
+            slot = torch.full((B,), t, dtype=torch.long, device=tok.device)
+            logits = logits_fn(x, rows * T + t).float()  # (B, V)
+            allowed = valid_move_mask(x, slot, logits.shape[-1])
+            probs = torch.softmax(logits.masked_fill(~allowed, -math.inf), dim=-1)
+            draw = torch.multinomial(probs.to(gen_device), 1, generator=generator).squeeze(-1)
+            tok[:, t] = draw.to(tok.device)
     return tok
 
 

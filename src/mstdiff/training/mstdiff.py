@@ -44,7 +44,13 @@ from mstdiff.diffusion.hybrid import HybridConfig, HybridDiffusion
 from mstdiff.diffusion.location import LocationConfig, make_location_process
 from mstdiff.errors import InputError
 from mstdiff.io import atomic_dir, atomic_write_text, check_output_dir, run_meta, write_json
-from mstdiff.models.day_pattern import DayPatternConfig, StationAssigner, permute_labels, redraw_invalid_moves
+from mstdiff.models.day_pattern import (
+    DayPatternConfig,
+    StationAssigner,
+    gibbs_moves,
+    permute_labels,
+    redraw_invalid_moves,
+)
 from mstdiff.models.denoiser import DenoiserConfig, MSTDiffDenoiser
 from mstdiff.models.losses import training_loss
 from mstdiff.models.vqvae import VQVAE
@@ -254,7 +260,8 @@ class MSTDiff:
                                  on_step=on_step, impute=impute, guide=guide)
         l0_tok = out.l0
         pattern = self.config.pattern
-        if self.assigner is not None and pattern.tokens == "moves" and pattern.redraw_invalid:
+        if self.assigner is not None and pattern.tokens == "moves" and (pattern.redraw_invalid
+                                                                        or pattern.gibbs_sweeps):
             l0_tok = self._redraw_invalid(l0_tok, generator)
         l0 = l0_tok.cpu().numpy().astype(np.int32)
         if self.assigner is not None:  # l0 holds tokens of day patterns: draw their stations
@@ -268,9 +275,9 @@ class MSTDiff:
         return traffic.astype(np.float32), l0
 
     def _redraw_invalid(self, tokens: Tensor, generator: torch.Generator) -> Tensor:
-        """``model.pattern.redraw_invalid``: the day patterns' invalid move tokens drawn again from
-        the network given the rest of each day (:func:`redraw_invalid_moves`), at the step whose
-        share of masked slots is one slot in T."""
+        """``model.pattern.redraw_invalid`` (and ``gibbs_sweeps`` first, :func:`gibbs_moves`): the
+        day patterns' invalid move tokens drawn again from the network given the rest of each day
+        (:func:`redraw_invalid_moves`), at the step whose share of masked slots is one slot in T."""
         T = tokens.shape[1]
         step = max(1, round(self.hybrid.num_steps / T))
         mask_id = getattr(self.hybrid.discrete, "mask_id", None)
@@ -286,6 +293,9 @@ class MSTDiff:
             return self.denoiser(w, x, s, rows=rows).logits
 
         try:
+            if self.config.pattern.gibbs_sweeps:
+                tokens = gibbs_moves(tokens, logits_fn, int(mask_id), self.config.pattern.gibbs_sweeps,
+                                     generator=generator)
             return redraw_invalid_moves(tokens, logits_fn, int(mask_id), generator=generator)
         finally:
             self.denoiser.train(was_training)
