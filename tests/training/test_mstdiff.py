@@ -338,7 +338,7 @@ def test_a_pattern_model_draws_patterns_then_stations(city, tmp_path, tokens):
 
 
 def test_a_move_pattern_model_redraws_its_invalid_tokens_on_request(city, tmp_path, monkeypatch):
-    import mstdiff.training.mstdiff as mod
+    import mstdiff.training.model as mod
     from mstdiff.models.day_pattern import decode_moves, invalid_moves
 
     traj = _no_traffic(city)
@@ -380,6 +380,9 @@ def test_a_move_pattern_model_redraws_its_invalid_tokens_on_request(city, tmp_pa
     assert lo.shape == (8, city.T) and not invalid_moves(seen["out"]).any()
     with pytest.raises(InputError, match="gibbs_sweeps"):
         model.with_sampling(gibbs_sweeps=-1)
+    g = generate(swept, traj, 4, tmp_path / "g", seed=0, batch_size=4, progress=False)
+    assert g.meta["generation"]["sampling"]["gibbs_sweeps"] == 1  # the set says how it was drawn
+    assert g.meta["generation"]["sampling"]["redraw_invalid"] is False
 
 
 def test_pattern_training_maps_the_labels_afresh_every_epoch_and_resumes_exactly(city, tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""Training and sampling of MSTDiff (paper Algorithms 1 and 2) with exact resume.
+"""Training of MSTDiff (paper Algorithm 1) with exact resume; the trained model, its sampling
+(Algorithm 2) and generation are :mod:`mstdiff.training.model` (re-exported here).
 
 A trained model directory holds ``model.pt`` (EMA weights, configs, traffic scaler, the path of the
 transition process), ``checkpoint.pt`` (everything needed to continue training exactly),
@@ -25,38 +26,48 @@ import resource
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
-from numpy.lib.format import open_memmap
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mstdiff.config import Check, between, dump_yaml, from_dict, ge, gt, one_of, to_dict
-from mstdiff.data.dataset import PreparedDataset, normalisation_stats
+from mstdiff.config import Check, between, dump_yaml, ge, gt, one_of
+from mstdiff.data.dataset import PreparedDataset
 from mstdiff.data.scaling import TrafficScaler
-from mstdiff.diffusion.absorbing import AbsorbingProcess
-from mstdiff.diffusion.gaussian import GaussianConfig, GaussianDiffusion
-from mstdiff.diffusion.hybrid import HybridConfig, HybridDiffusion
-from mstdiff.diffusion.location import LocationConfig, make_location_process
+from mstdiff.diffusion.hybrid import HybridDiffusion
+from mstdiff.diffusion.location import make_location_process
 from mstdiff.errors import InputError
 from mstdiff.io import atomic_dir, atomic_write_text, check_output_dir, run_meta, write_json
 from mstdiff.models.day_pattern import (
-    DayPatternConfig,
     StationAssigner,
-    gibbs_moves,
     permute_labels,
-    redraw_invalid_moves,
 )
-from mstdiff.models.denoiser import DenoiserConfig, MSTDiffDenoiser
+from mstdiff.models.denoiser import MSTDiffDenoiser
 from mstdiff.models.losses import training_loss
 from mstdiff.models.vqvae import VQVAE
-from mstdiff.models.wavelet import dwt, idwt
+from mstdiff.models.wavelet import dwt
 from mstdiff.threads import set_threads
 from mstdiff.training import distributed
+from mstdiff.training.model import (
+    CALIBRATION_SEED_OFFSET,
+    ModelConfig,
+    MSTDiff,
+    activity_process,
+    build_model,
+    calibrate_decoder,
+    check_pattern,
+    check_sampling_options,
+    check_station_table,
+    generate,
+    has_traffic,
+    load_transition,
+    station_coordinates,
+    trajectory_only_if_needed,
+)
 from mstdiff.training.utils import (
     EMA,
     Autocast,
@@ -69,6 +80,33 @@ from mstdiff.training.utils import (
 )
 
 logger = logging.getLogger(__name__)
+
+# the trained model's names are re-exported: code that imports them from here keeps working
+__all__ = [
+    "CALIBRATION_SEED_OFFSET",
+    "MSTDiff",
+    "ModelConfig",
+    "PATTERN_SEED_OFFSET",
+    "TrainConfig",
+    "TrainResult",
+    "activity_process",
+    "build_model",
+    "calibrate_decoder",
+    "check_pattern",
+    "check_sampling_options",
+    "check_station_table",
+    "encode_series",
+    "generate",
+    "has_traffic",
+    "load_transition",
+    "peak_rss_mb",
+    "pretrain_vqvae_stage",
+    "station_coordinates",
+    "station_counts",
+    "train_mstdiff",
+    "trajectory_only_if_needed",
+    "validation_loss",
+]
 
 
 @dataclass
@@ -125,50 +163,10 @@ class TrainConfig:
     station_lr: float = 1.0
 
 
-@dataclass
-class ModelConfig:
-    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
-    gaussian: GaussianConfig = field(default_factory=GaussianConfig)
-    hybrid: HybridConfig = field(default_factory=HybridConfig)
-    location: LocationConfig = field(default_factory=LocationConfig)  # absorbing (default) or graph noise
-    # slot activity channel (zero / partial / full slot) diffused beside the locations; its classes
-    # set the traffic atoms at decoding (off: the calibrated decoder's thresholds set them)
-    activity: bool = False
-    # trajectories only: diffuse the day's pattern of places, then draw its stations from training
-    # counts (mstdiff.models.day_pattern); off: the network draws the stations themselves
-    pattern: DayPatternConfig = field(default_factory=DayPatternConfig)
 
 
-def check_sampling_options(options: dict[str, Any], where: str = "sampling") -> None:
-    """Sampling options are fields of ``model.hybrid`` or the sampling fields of ``model.pattern``
-    (:attr:`DayPatternConfig.SAMPLING`); anything else is an :class:`InputError`."""
-    known = {f.name for f in dataclasses.fields(HybridConfig)} | set(DayPatternConfig.SAMPLING)
-    bad = sorted(set(options) - known)
-    if bad:
-        raise InputError(f"unknown sampling option(s) {bad}", where=where,
-                         fix=f"use fields of model.hybrid or model.pattern's "
-                             f"{list(DayPatternConfig.SAMPLING)}: {sorted(known)}")
 
 
-def check_pattern(config: ModelConfig, where: str = "model") -> None:
-    """``model.pattern.enabled`` needs a trajectory-only model with absorbing noise and a copy head
-    that reads no station coordinates (the pattern's labels have none)."""
-    if not config.pattern.enabled:
-        return
-    d = config.denoiser
-    needs = [
-        (config.location.process == "absorbing", "location.process = 'absorbing'",
-         "the labels have no transition graph"),
-        (not d.use_traffic, "denoiser.use_traffic = false", "the pattern carries no traffic"),
-        (d.use_locations, "denoiser.use_locations = true", "the pattern is the location stream"),
-        (d.near_k == 0, "denoiser.near_k = 0", "the labels have no map"),
-        (not d.move_decay, "denoiser.move_decay = false", "the labels have no map"),
-        (not config.activity, "activity = false", "there is no traffic"),
-    ]
-    for ok, setting, why in needs:
-        if not ok:
-            raise InputError(f"{where}.pattern.enabled needs {setting} ({why})", where=f"{where}.pattern",
-                             fix=f"set {where}.{setting.replace(' = ', ': ')}, or pattern.enabled: false")
 
 
 @dataclass
@@ -200,228 +198,14 @@ def peak_rss_mb() -> float:
     return r / 1024 / 1024 if sys.platform == "darwin" else r / 1024
 
 
-# ----------------------------------------------------------------------------- model bundle
 
 
-@dataclass
-class MSTDiff:
-    """A trained MSTDiff: denoiser (EMA weights), hybrid process and traffic scaler."""
-
-    denoiser: MSTDiffDenoiser
-    hybrid: HybridDiffusion
-    scaler: TrafficScaler
-    config: ModelConfig
-    # model.pattern: the network draws day patterns, this draws their stations
-    assigner: StationAssigner | None = None
-
-    @property
-    def n_stations(self) -> int:
-        """Stations of the generated trajectories (the pattern model's network has its labels)."""
-        return self.assigner.n_stations if self.assigner is not None else int(self.hybrid.num_states)
-
-    def to(self, device: torch.device | str) -> MSTDiff:
-        self.denoiser.to(device)
-        self.hybrid.to(device)
-        return self
-
-    def with_sampling(self, **options: Any) -> MSTDiff:
-        """This model with other sampling options of ``model.hybrid`` (e.g. ``location_temperature``,
-        ``unmask_order``) or ``model.pattern`` (``redraw_invalid``); the weights are shared. Unknown
-        names are an :class:`InputError`."""
-        if not options:
-            return self
-        check_sampling_options(options)
-        hopts = {k: v for k, v in options.items() if k not in DayPatternConfig.SAMPLING}
-        popts = {k: v for k, v in options.items() if k in DayPatternConfig.SAMPLING}
-        hcfg = dataclasses.replace(self.hybrid.config, **hopts)
-        hybrid = HybridDiffusion(self.hybrid.gaussian, self.hybrid.discrete, hcfg,
-                                 activity=self.hybrid.activity)
-        pattern = (from_dict(DayPatternConfig, {**to_dict(self.config.pattern), **popts}, where="sampling",
-                             prefix="model.pattern.") if popts else self.config.pattern)
-        config = dataclasses.replace(self.config, hybrid=hcfg, pattern=pattern)
-        return MSTDiff(self.denoiser, hybrid, self.scaler, config, assigner=self.assigner)
-
-    @torch.no_grad()
-    def sample(
-        self, n: int, *, generator: torch.Generator, device: torch.device | str | None = None,
-        progress: bool = False,
-        on_step: Callable[[], None] | None = None,
-        impute: Any = None,
-        guide: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Algorithm 2 for ``n`` samples: traffic ``(n, T)`` float32 ≥ 0 and station ids ``(n, T)``.
-
-        ``impute``: the conditioning hook of :meth:`HybridDiffusion.sample`
-        (:func:`mstdiff.conditional.make_imputer`); for conditional generation use
-        :meth:`generate_conditional` or :func:`mstdiff.conditional.sample_conditional`; ``guide``:
-        ``impute`` gives locations, weighted by the sampling option ``condition_weight``."""
-        T = self.config.denoiser.seq_len
-        out = self.hybrid.sample(self.denoiser, n, T, generator, device=device, progress=progress,
-                                 on_step=on_step, impute=impute, guide=guide)
-        l0_tok = out.l0
-        pattern = self.config.pattern
-        if self.assigner is not None and pattern.tokens == "moves" and (pattern.redraw_invalid
-                                                                        or pattern.gibbs_sweeps):
-            l0_tok = self._redraw_invalid(l0_tok, generator)
-        l0 = l0_tok.cpu().numpy().astype(np.int32)
-        if self.assigner is not None:  # l0 holds tokens of day patterns: draw their stations
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-            l0 = self.assigner.assign(self.config.pattern.decode(l0), np.random.default_rng(seed))
-        if not self.config.denoiser.use_traffic:  # "MSTDiff without traffic": trajectories only
-            return np.zeros(l0.shape, dtype=np.float32), l0
-        x = idwt(out.w0)
-        traffic = (self.scaler.decode(x) if out.a0 is None
-                   else self.scaler.decode_with_activity(x, out.a0)).float().cpu().numpy()
-        return traffic.astype(np.float32), l0
-
-    def _redraw_invalid(self, tokens: Tensor, generator: torch.Generator) -> Tensor:
-        """``model.pattern.redraw_invalid`` (and ``gibbs_sweeps`` first, :func:`gibbs_moves`): the
-        day patterns' invalid move tokens drawn again from the network given the rest of each day
-        (:func:`redraw_invalid_moves`), at the step whose share of masked slots is one slot in T."""
-        T = tokens.shape[1]
-        step = max(1, round(self.hybrid.num_steps / T))
-        mask_id = getattr(self.hybrid.discrete, "mask_id", None)
-        if mask_id is None:
-            raise InputError("model.pattern.redraw_invalid needs the absorbing location process",
-                             where="sampling", fix="set redraw_invalid=false")
-        was_training = self.denoiser.training
-        self.denoiser.eval()
-
-        def logits_fn(x: Tensor, rows: Tensor) -> Tensor:
-            w = torch.zeros(x.shape, device=x.device)
-            s = torch.full((x.shape[0],), step, dtype=torch.long, device=x.device)
-            return self.denoiser(w, x, s, rows=rows).logits
-
-        try:
-            if self.config.pattern.gibbs_sweeps:
-                tokens = gibbs_moves(tokens, logits_fn, int(mask_id), self.config.pattern.gibbs_sweeps,
-                                     generator=generator)
-            return redraw_invalid_moves(tokens, logits_fn, int(mask_id), generator=generator)
-        finally:
-            self.denoiser.train(was_training)
-
-    def generate(self, n: int | None = None, *, generator: torch.Generator, condition: Any = None,
-                 device: torch.device | str | None = None, batch_size: int = 256,
-                 progress: bool = False, reveal: str = "immediate") -> tuple[np.ndarray, np.ndarray]:
-        """``n`` samples in batches, or, with ``condition`` (an :class:`~mstdiff.conditional.Observed`),
-        one sample per row of it: the observed traffic and locations are kept exactly and the rest is
-        generated consistently with them (:mod:`mstdiff.conditional`)."""
-        from mstdiff.conditional import Observed, sample_conditional
-
-        dev = torch.device(device) if device is not None else next(self.denoiser.parameters()).device
-        if condition is None:
-            if n is None or n < 1:
-                raise InputError(f"n = {n}: give the number of samples or a condition", where="generate")
-            T = self.config.denoiser.seq_len
-            z = np.zeros((n, T), dtype=bool)
-            condition = Observed(np.zeros((n, T), np.float32), np.zeros((n, T), np.int64), z, z)
-        return sample_conditional(self, condition, generator=generator, device=dev, batch_size=batch_size,
-                                  progress=progress, reveal=reveal)
-
-    def save(
-        self, path: str | os.PathLike[str], *, transition_path: str | None, meta: dict[str, Any]
-    ) -> None:
-        save_checkpoint(path, {
-            "kind": "mstdiff-model",
-            "config": to_dict(self.config),
-            "state_dict": {k: v.detach().cpu() for k, v in self.denoiser.state_dict().items()},
-            "vqvae_config": (dataclasses.asdict(self.denoiser.vqvae.config)
-                             if self.denoiser.vqvae is not None else None),
-            "scaler": self.scaler.to_dict(),
-            "transition_path": transition_path,
-            "pattern_state": self.assigner.to_state() if self.assigner is not None else None,
-            "meta": meta,
-        })
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str], *, discrete: Any = None,
-             map_location: str | torch.device = "cpu") -> MSTDiff:
-        """Rebuild from ``model.pt``; the transition is read from its recorded path unless given."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "model.pt"
-        fix = "point to the model.pt written by `mstdiff train`"
-        payload = load_checkpoint(path, map_location, what="MSTDiff model file", fix=fix)
-        if payload.get("kind") != "mstdiff-model":
-            raise InputError("not an MSTDiff model file", where=str(path), fix=fix)
-        missing = sorted({"config", "state_dict", "vqvae_config", "scaler"} - set(payload))
-        if missing:
-            raise InputError(f"MSTDiff model file without {missing}: written by an incompatible version",
-                             where=str(path), fix="re-train it with this version (`mstdiff train`)")
-        config = from_dict(ModelConfig, payload["config"], where=f"{path}:config")
-        vqvae = None
-        try:
-            if payload["vqvae_config"] is not None:
-                from mstdiff.models.vqvae import VQVAEConfig
-
-                vqvae = VQVAE(VQVAEConfig(**payload["vqvae_config"]))
-            denoiser = MSTDiffDenoiser(config.denoiser, vqvae)
-            denoiser.load_state_dict(payload["state_dict"])
-        except (RuntimeError, TypeError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0][:200]
-            raise InputError(f"the weights do not fit the model they describe ({first}): written by an "
-                             "incompatible version, or damaged", where=str(path),
-                             fix="re-train it with this version (`mstdiff train`)") from None
-        assigner = None
-        if config.pattern.enabled:
-            if not payload.get("pattern_state"):
-                raise InputError("a pattern model file without its station assigner", where=str(path),
-                                 fix="re-train it with this version (`mstdiff train`)")
-            assigner = StationAssigner.from_state(payload["pattern_state"], config.pattern)
-        if discrete is None and config.location.process == "graph":
-            discrete = load_transition(_resolve_relative(payload["transition_path"], path.parent))
-        discrete = make_location_process(config.location, num_states=config.denoiser.num_stations,
-                                         num_steps=config.gaussian.num_steps, graph=discrete)
-        hybrid = HybridDiffusion(GaussianDiffusion(config.gaussian), discrete, config.hybrid,
-                                 activity=activity_process(config))
-        return cls(denoiser, hybrid, TrafficScaler.from_dict(payload["scaler"]), config,
-                   assigner=assigner).to(map_location)
 
 
-CALIBRATION_SEED_OFFSET = 104_729  # the calibration draws use train.seed + this (apart from generation)
 
 
-@torch.no_grad()
-def calibrate_decoder(model: MSTDiff, n: int, *, seed: int, device: torch.device | str,
-                      batch_size: int = 256) -> TrafficScaler:
-    """The model's scaler with its atom thresholds calibrated on ``n`` of its own samples.
-
-    See :meth:`TrafficScaler.calibrate`: the zero and full-slot thresholds are the quantiles of
-    the sampled (continuous) traffic at the training shares of both atoms.
-    """
-    if model.hybrid.activity is not None or not model.config.denoiser.use_traffic:
-        return model.scaler  # the activity channel sets the atoms, or there is no traffic at all
-    gen = torch.Generator(device=device).manual_seed(int(seed) + CALIBRATION_SEED_OFFSET)
-    T = model.config.denoiser.seq_len
-    parts = []
-    for a in range(0, n, batch_size):
-        out = model.hybrid.sample(model.denoiser, min(batch_size, n - a), T, gen, device=device)
-        parts.append(idwt(out.w0).float().cpu())
-    scaler = model.scaler.calibrate(torch.cat(parts))
-    logger.info("traffic decoder calibrated on %d samples: zero at <= %.3g, full at >= %s",
-                n, scaler.zero_threshold, scaler.full_threshold)
-    return scaler
 
 
-def _resolve_relative(p: str | None, base: Path) -> Path:
-    if p is None:
-        raise InputError("the model file records no transition process",
-                         fix="pass the transition explicitly (discrete=...)")
-    cand = Path(p)
-    return cand if cand.is_absolute() else (base / cand)
-
-
-def load_transition(path: str | os.PathLike[str]) -> Any:
-    """Load a :class:`~mstdiff.diffusion.discrete.GraphTransition` written by ``mstdiff kg transition``."""
-    from mstdiff.diffusion.discrete import GraphTransition
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "transition.pt"
-    if not path.exists():
-        raise InputError("transition process not found", where=str(path),
-                         fix="build it with `mstdiff kg transition`")
-    return GraphTransition.load(path)
 
 
 # ----------------------------------------------------------------------------- training
@@ -456,62 +240,14 @@ def validation_loss(model: MSTDiffDenoiser, hybrid: HybridDiffusion, w0: Tensor,
     return {f"val_{k}": v / nb for k, v in sums.items()}
 
 
-def activity_process(config: ModelConfig) -> AbsorbingProcess | None:
-    """The slot activity stream of a model config (an absorbing process over its K classes), or None."""
-    K = config.denoiser.activity_classes
-    return AbsorbingProcess(K, config.gaussian.num_steps) if K else None
 
 
-def has_traffic(ds: PreparedDataset) -> bool:
-    """Whether ``ds`` holds traffic (a dataset of trajectories only, such as GeoLife, does not)."""
-    flag = getattr(ds, "has_traffic", None)
-    return bool(flag) if flag is not None else bool(ds.meta.get("has_traffic", True))
 
 
-def trajectory_only_if_needed(config: ModelConfig, train: PreparedDataset, *,
-                              log: bool = True) -> ModelConfig:
-    """``config`` as "MSTDiff without traffic" when the training set has no traffic (or the config
-    asks for it): no traffic stream input, no VQ-VAE, no activity channel."""
-    d = config.denoiser
-    if has_traffic(train) and d.use_traffic:
-        return config
-    if log and d.use_traffic:
-        logger.info("the training set has no traffic: MSTDiff without traffic (trajectory branch alone)")
-    if log and (d.use_vqvae or config.activity):
-        logger.info("no traffic: the VQ-VAE and the slot activity channel are off")
-    return dataclasses.replace(config, activity=False, denoiser=dataclasses.replace(
-        d, use_traffic=False, use_vqvae=False, activity_classes=0))
 
 
-def station_coordinates(ds: PreparedDataset) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(lat, lon)`` of the station table, or None when it has no coordinates."""
-    st = ds.stations
-    if "lat" not in st or "lon" not in st:
-        return None
-    return st["lat"].to_numpy(dtype=np.float64), st["lon"].to_numpy(dtype=np.float64)
 
 
-def build_model(config: ModelConfig, discrete: Any, vqvae: VQVAE | None, *, seed: int,
-                station_embeddings: Tensor | None = None,
-                station_coords: tuple[np.ndarray, np.ndarray] | None = None,
-                ) -> tuple[MSTDiffDenoiser, HybridDiffusion]:
-    if config.denoiser.num_stations != discrete.num_states:
-        raise InputError(
-            f"denoiser num_stations = {config.denoiser.num_stations} but the transition process has "
-            f"{discrete.num_states} states", fix="build the transition from the same prepared dataset")
-    discrete = make_location_process(config.location, num_states=discrete.num_states,
-                                     num_steps=config.gaussian.num_steps, graph=discrete)
-    mask = getattr(discrete, "mask_id", None) is not None
-    if config.denoiser.mask_token != mask:
-        config = dataclasses.replace(config, denoiser=dataclasses.replace(config.denoiser, mask_token=mask))
-    gen = torch.Generator().manual_seed(seed)
-    denoiser = MSTDiffDenoiser(config.denoiser, vqvae if config.denoiser.use_vqvae else None,
-                               station_embeddings=station_embeddings, generator=gen)
-    if station_coords is not None:
-        denoiser.set_station_coordinates_(*station_coords)
-    hybrid = HybridDiffusion(GaussianDiffusion(config.gaussian), discrete, config.hybrid,
-                             activity=activity_process(config))
-    return denoiser, hybrid
 
 
 def train_mstdiff(
@@ -882,88 +618,8 @@ def _global_means(parts: dict[str, Tensor], n_local: int, n_global: int,
     return dict(zip(keys, vec.tolist()))
 
 
-# ----------------------------------------------------------------------------- generation
 
 
-def check_station_table(model: MSTDiff, like: PreparedDataset) -> None:
-    """``like`` (whose station table generated samples use) has as many stations as ``model``."""
-    if like.n_stations != model.n_stations:
-        raise InputError(
-            f"the station table has {like.n_stations} stations, the model {model.n_stations}",
-            where="--like", fix="pass the dataset the model was trained on")
-
-
-def generate(
-    model: MSTDiff,
-    like: PreparedDataset,
-    n: int,
-    out: str | os.PathLike[str],
-    *,
-    seed: int = 0,
-    batch_size: int = 256,
-    device: str = "auto",
-    overwrite: bool = False,
-    progress: bool = True,
-    source: str = "mstdiff",
-) -> PreparedDataset:
-    """Sample ``n`` series in batches, streamed to ``.npy`` files on disk (bounded memory).
-
-    ``like`` supplies the station table. The output is a prepared dataset, so ``mstdiff evaluate``
-    reads it like real data. Same seed and batch size → identical output.
-    """
-    if n <= 0:
-        raise InputError(f"--n must be positive, got {n}", where="generate")
-    dev = resolve_device(device)
-    model.to(dev)
-    T = model.config.denoiser.seq_len
-    check_station_table(model, like)
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    t0 = time.perf_counter()
-    with_traffic = model.config.denoiser.use_traffic  # "MSTDiff without traffic": no traffic.npy
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        traffic = (open_memmap(tmp / "traffic.npy", mode="w+", dtype=np.float32, shape=(n, T)) if with_traffic
-                   else np.zeros((0, T), dtype=np.float32))
-        locations = open_memmap(tmp / "locations.npy", mode="w+", dtype=np.int32, shape=(n, T))
-        batches = -(-n // batch_size)
-        # one tick per reverse diffusion step of every batch: the bar moves within a batch too
-        with tqdm(total=batches * model.hybrid.num_steps, desc="generate", unit="step",
-                  disable=not progress) as bar:
-            for start in range(0, n, batch_size):
-                k = min(batch_size, n - start)
-                tr, lo = model.sample(k, generator=gen, device=dev, on_step=lambda: bar.update(1))
-                if with_traffic:
-                    traffic[start:start + k] = tr
-                locations[start:start + k] = lo
-                bar.set_postfix(samples=f"{start + k}/{n}")
-        if isinstance(traffic, np.memmap):
-            traffic.flush()
-        locations.flush()
-        seconds = time.perf_counter() - t0
-        finite = all(np.isfinite(traffic[a:a + 16384]).all() for a in range(0, traffic.shape[0], 16384))
-        if not finite:  # never commit an invalid set (checked in chunks: bounded memory)
-            raise RuntimeError("generated traffic is not finite; the model or its scaler is broken")
-        import pandas as pd
-
-        like.stations.assign(station_id=like.stations["station_id"].astype(str)).to_parquet(
-            tmp / "stations.parquet", index=False)
-        pd.DataFrame({"user": [f"gen{i:07d}" for i in range(n)], "start": [""] * n}).to_parquet(
-            tmp / "samples.parquet", index=False)
-        write_json(tmp / "meta.json", run_meta(
-            source=source, format_version=1, bin_minutes=like.bin_minutes, T=T,
-            **({} if with_traffic else {"has_traffic": False}),
-            traffic_unit=like.meta.get("traffic_unit", "unknown"),
-            counts={"samples": n, "stations": like.n_stations},
-            **({"normalisation": normalisation_stats(traffic)} if with_traffic else {}),
-            generation={"seed": seed, "batch_size": batch_size, "device": str(dev), "seconds": seconds,
-                        "samples_per_second": n / seconds if seconds > 0 else None,
-                        "steps": model.hybrid.num_steps,
-                        "location_input": model.config.hybrid.location_input,
-                        "sampling": to_dict(model.config.hybrid),
-                        "location_process": model.config.location.process},
-            stations_from=like.meta.get("source"),
-        ))
-    logger.info("generated %d samples in %.1f s (%.2f samples/s)", n, seconds, n / max(seconds, 1e-9))
-    return PreparedDataset.load(out)
 
 
 # ----------------------------------------------------------------------------- VQ-VAE stage
