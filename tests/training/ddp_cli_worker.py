@@ -17,7 +17,7 @@ torchrun's store, right after the first one was destroyed, can read the first on
 rendezvous keys and hang), which ``train_mstdiff`` uses and leaves alone.
 
 and records in ``SPY_DIR``: ``writes_rank{r}.txt``, every file this rank wrote through the
-training module's writers, and ``weights_rank{r}_{full,crashed}.pt``, this rank's final raw and
+training and model modules' writers, and ``weights_rank{r}_{full,crashed}.pt``, this rank's final raw and
 EMA weights (to check that the ranks agree).
 """
 
@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+import mstdiff.training.model as tmodel
 import mstdiff.training.mstdiff as tm
 from mstdiff.cli import cli
 
@@ -44,15 +45,18 @@ class SimulatedCrash(RuntimeError):
 def spy_writers(spy_dir: Path) -> None:
     log = spy_dir / f"writes_rank{RANK}.txt"
     log.touch()
-    for name in ("save_checkpoint", "atomic_write_text", "write_json"):
-        original = getattr(tm, name)
+    for module in (tm, tmodel):  # training writes checkpoints and logs; the trained model its model.pt
+        for name in ("save_checkpoint", "atomic_write_text", "write_json"):
+            original = getattr(module, name, None)
+            if original is None:
+                continue
 
-        def spy(path, *args, _original=original, _name=name, **kwargs):
-            with open(log, "a", encoding="utf-8") as fh:
-                fh.write(f"{_name} {Path(path).name}\n")
-            return _original(path, *args, **kwargs)
+            def spy(path, *args, _original=original, _name=name, **kwargs):
+                with open(log, "a", encoding="utf-8") as fh:
+                    fh.write(f"{_name} {Path(path).name}\n")
+                return _original(path, *args, **kwargs)
 
-        setattr(tm, name, spy)
+            setattr(module, name, spy)
 
 
 class SpyEMA(tm.EMA):
