@@ -229,6 +229,16 @@ def valid_move_mask(tokens: Tensor, slot: Tensor, num_symbols: int) -> Tensor:
     return ok | ((sym >= 2) & (k < n[:, None]) & (k != cur[:, None]) & (slot[:, None] > 0))
 
 
+def _draw_valid(logits: Tensor, x: Tensor, slot: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One token per row from ``softmax(logits (R, V))`` restricted to the moves valid at ``slot (R,)``
+    after the row's prefix in ``x`` (:func:`valid_move_mask`)."""
+    logits = logits.float()
+    allowed = valid_move_mask(x, slot, logits.shape[-1])
+    probs = torch.softmax(logits.masked_fill(~allowed, -math.inf), dim=-1)
+    gen_device = generator.device if generator is not None else probs.device
+    return torch.multinomial(probs.to(gen_device), 1, generator=generator).squeeze(-1)
+
+
 def redraw_invalid_moves(tokens: Tensor, logits_fn: Any, mask_id: int, *,
                          generator: torch.Generator | None = None, max_rounds: int | None = None) -> Tensor:
     """Move tokens ``(B, T)`` with every invalid token (:func:`invalid_moves`) redrawn.
@@ -253,12 +263,7 @@ def redraw_invalid_moves(tokens: Tensor, logits_fn: Any, mask_id: int, *,
         x = tok[todo].clone()
         x[torch.arange(todo.numel(), device=x.device), slot] = mask_id
         flat = torch.arange(todo.numel(), device=x.device) * T + slot
-        logits = logits_fn(x, flat).float()  # (R, V)
-        allowed = valid_move_mask(x, slot, logits.shape[-1])
-        probs = torch.softmax(logits.masked_fill(~allowed, -math.inf), dim=-1)
-        gen_device = generator.device if generator is not None else probs.device
-        draw = torch.multinomial(probs.to(gen_device), 1, generator=generator).squeeze(-1)
-        tok[todo, slot] = draw.to(tok.device)
+        tok[todo, slot] = _draw_valid(logits_fn(x, flat), x, slot, generator).to(tok.device)
     return tok
 
 
@@ -282,11 +287,7 @@ def gibbs_moves(tokens: Tensor, logits_fn: Any, mask_id: int, sweeps: int, *,
             x = tok.clone()
             x[:, t] = mask_id
             slot = torch.full((B,), t, dtype=torch.long, device=tok.device)
-            logits = logits_fn(x, rows * T + t).float()  # (B, V)
-            allowed = valid_move_mask(x, slot, logits.shape[-1])
-            probs = torch.softmax(logits.masked_fill(~allowed, -math.inf), dim=-1)
-            draw = torch.multinomial(probs.to(gen_device), 1, generator=generator).squeeze(-1)
-            tok[:, t] = draw.to(tok.device)
+            tok[:, t] = _draw_valid(logits_fn(x, rows * T + t), x, slot, generator).to(tok.device)
     return tok
 
 
