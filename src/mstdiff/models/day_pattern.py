@@ -168,37 +168,27 @@ def decode_moves(tokens: np.ndarray) -> np.ndarray:
     tok = np.asarray(tokens, dtype=np.int64)
     if tok.ndim != 2:
         raise ValueError(f"tokens must be (U, T), got shape {tok.shape}")
-    U, T = tok.shape
-    z = np.zeros((U, T), dtype=np.int64)
-    if T == 0:
-        return z.astype(np.int32)
-    cur = np.zeros(U, dtype=np.int64)  # the place at slot t - 1
-    n = np.ones(U, dtype=np.int64)  # places so far
-    for t in range(1, T):
-        k = tok[:, t] - 2
-        ret = (tok[:, t] >= 2) & (k < n) & (k != cur)
-        new = (tok[:, t] == NEW) | ((tok[:, t] >= 2) & (k >= n))
-        cur = np.where(ret, k, np.where(new, n, cur))
-        n = n + new
-        z[:, t] = cur
-    return z.astype(np.int32)
+    return _move_state(torch.from_numpy(tok))[1].numpy().astype(np.int32)
 
 
 def _move_state(tok: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per slot of move tokens ``(B, T)``: ``(invalid, cur, n)``, whether the token is one that
-    :func:`encode_moves` never emits given the slots before it, the place (pattern label) of slot
-    t − 1 and the number of places before slot t, as :func:`decode_moves` reads the prefix."""
+    """Move tokens ``(B, T)`` read slot by slot: ``(invalid, z, n)``, whether each token is one that
+    :func:`encode_moves` never emits given the slots before it, the place (pattern label) of every
+    slot (:func:`decode_moves`) and the number of places before every slot.
+
+    Slot 0 is place 0 whatever its token; a ``RETURN_k`` to a place not reached yet (k ≥ the places
+    so far) is a new place, one to the current place a stay."""
     B, T = tok.shape
     invalid = torch.zeros((B, T), dtype=torch.bool, device=tok.device)
-    cur_at = torch.zeros((B, T), dtype=torch.long, device=tok.device)
+    z = torch.zeros((B, T), dtype=torch.long, device=tok.device)
     n_at = torch.zeros((B, T), dtype=torch.long, device=tok.device)
     if T == 0:
-        return invalid, cur_at, n_at
+        return invalid, z, n_at
     invalid[:, 0] = tok[:, 0] != NEW
-    cur = torch.zeros(B, dtype=torch.long, device=tok.device)
-    n = torch.ones(B, dtype=torch.long, device=tok.device)
+    cur = torch.zeros(B, dtype=torch.long, device=tok.device)  # the place at slot t - 1
+    n = torch.ones(B, dtype=torch.long, device=tok.device)  # places so far
     for t in range(1, T):
-        cur_at[:, t], n_at[:, t] = cur, n
+        n_at[:, t] = n
         k = tok[:, t] - 2
         is_ret = tok[:, t] >= 2
         invalid[:, t] = is_ret & ((k >= n) | (k == cur))
@@ -206,7 +196,8 @@ def _move_state(tok: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         new = (tok[:, t] == NEW) | (is_ret & (k >= n))
         cur = torch.where(ret, k, torch.where(new, n, cur))
         n = n + new.long()
-    return invalid, cur_at, n_at
+        z[:, t] = cur
+    return invalid, z, n_at
 
 
 def invalid_moves(tokens: Tensor) -> Tensor:
@@ -220,9 +211,9 @@ def valid_move_mask(tokens: Tensor, slot: Tensor, num_symbols: int) -> Tensor:
     """``(B, num_symbols)`` bool: the tokens that are valid at ``slot (B,)`` of each row given the
     row's slots before it: ``NEW``, and for a slot after the first ``STAY`` and the returns to the
     places reached before it other than the current one."""
-    _, cur_at, n_at = _move_state(tokens.long())
+    _, z, n_at = _move_state(tokens.long())
     rows = torch.arange(tokens.shape[0], device=tokens.device)
-    cur, n = cur_at[rows, slot], n_at[rows, slot]  # (B,)
+    cur, n = z[rows, (slot - 1).clamp(min=0)], n_at[rows, slot]  # (B,): the place before the slot
     sym = torch.arange(num_symbols, device=tokens.device)[None, :]  # (1, V)
     k = sym - 2
     ok = (sym == NEW) | ((sym == STAY) & (slot[:, None] > 0))
