@@ -48,6 +48,7 @@ from mstdiff.errors import InputError
 from mstdiff.io import atomic_write_text, check_output_dir, log_to_file, read_json, run_meta, write_json
 from mstdiff.models.day_pattern import DayPatternConfig
 from mstdiff.models.vqvae import VQVAE, VQVAEConfig
+from mstdiff.training.model import split_sampling_options, unknown_sampling_options
 from mstdiff.training.mstdiff import (
     ModelConfig,
     MSTDiff,
@@ -212,19 +213,14 @@ def check_run_config(config: RunConfig, origins: dict[str, str] | None = None) -
                          "dist_quantile": between(0, 1, open_lo=True), "max_dist": gt(0)})
     check_pattern(config.model)
     config.model.pattern.validate_for(config.model.denoiser.seq_len)
-    sampling = config.generate.sampling
-    known = {f.name for f in dataclasses.fields(HybridConfig)} | set(DayPatternConfig.SAMPLING)
-    bad = sorted(set(sampling) - known)
+    bad, fix = unknown_sampling_options(config.generate.sampling)
     if bad:
-        raise err(f"generate.sampling.{bad[0]}", f"unknown sampling option(s) {bad}",
-                  f"use fields of model.hybrid or model.pattern's {list(DayPatternConfig.SAMPLING)}: "
-                  f"{sorted(known)}")
-    from_dict(HybridConfig, {**to_dict(config.model.hybrid),
-                             **{k: v for k, v in sampling.items() if k not in DayPatternConfig.SAMPLING}},
-              origins=origins, prefix="generate.sampling.")
-    from_dict(DayPatternConfig, {**to_dict(config.model.pattern),
-                                 **{k: v for k, v in sampling.items() if k in DayPatternConfig.SAMPLING}},
-              origins=origins, prefix="generate.sampling.")
+        raise err(f"generate.sampling.{bad[0]}", f"unknown sampling option(s) {bad}", fix)
+    hybrid_opts, pattern_opts = split_sampling_options(config.generate.sampling)
+    from_dict(HybridConfig, {**to_dict(config.model.hybrid), **hybrid_opts}, origins=origins,
+              prefix="generate.sampling.")
+    from_dict(DayPatternConfig, {**to_dict(config.model.pattern), **pattern_opts}, origins=origins,
+              prefix="generate.sampling.")
     cond = config.generate.condition
     if cond:
         from mstdiff.conditional import CONDITION_KINDS, mask_rule

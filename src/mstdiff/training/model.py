@@ -65,16 +65,31 @@ class ModelConfig:
 
 
 
+def sampling_option_names() -> set[str]:
+    """What a sampling option may name: a field of ``model.hybrid`` or one of ``model.pattern``'s
+    :attr:`DayPatternConfig.SAMPLING`."""
+    return {f.name for f in dataclasses.fields(HybridConfig)} | set(DayPatternConfig.SAMPLING)
+
+
+def unknown_sampling_options(options: dict[str, Any]) -> tuple[list[str], str]:
+    """The names of ``options`` that are no sampling option, and how to fix them."""
+    known = sampling_option_names()
+    return sorted(set(options) - known), (f"use fields of model.hybrid or model.pattern's "
+                                          f"{list(DayPatternConfig.SAMPLING)}: {sorted(known)}")
+
+
+def split_sampling_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``options`` as ``(model.hybrid's, model.pattern's)``."""
+    pattern = {k: v for k, v in options.items() if k in DayPatternConfig.SAMPLING}
+    return {k: v for k, v in options.items() if k not in pattern}, pattern
+
+
 def check_sampling_options(options: dict[str, Any], where: str = "sampling") -> None:
     """Sampling options are fields of ``model.hybrid`` or the sampling fields of ``model.pattern``
     (:attr:`DayPatternConfig.SAMPLING`); anything else is an :class:`InputError`."""
-    known = {f.name for f in dataclasses.fields(HybridConfig)} | set(DayPatternConfig.SAMPLING)
-    bad = sorted(set(options) - known)
+    bad, fix = unknown_sampling_options(options)
     if bad:
-        raise InputError(f"unknown sampling option(s) {bad}", where=where,
-                         fix=f"use fields of model.hybrid or model.pattern's "
-                             f"{list(DayPatternConfig.SAMPLING)}: {sorted(known)}")
-
+        raise InputError(f"unknown sampling option(s) {bad}", where=where, fix=fix)
 
 
 def check_pattern(config: ModelConfig, where: str = "model") -> None:
@@ -127,8 +142,7 @@ class MSTDiff:
         if not options:
             return self
         check_sampling_options(options)
-        hopts = {k: v for k, v in options.items() if k not in DayPatternConfig.SAMPLING}
-        popts = {k: v for k, v in options.items() if k in DayPatternConfig.SAMPLING}
+        hopts, popts = split_sampling_options(options)
         hcfg = dataclasses.replace(self.hybrid.config, **hopts)
         hybrid = HybridDiffusion(self.hybrid.gaussian, self.hybrid.discrete, hcfg,
                                  activity=self.hybrid.activity)
@@ -158,7 +172,7 @@ class MSTDiff:
         pattern = self.config.pattern
         if self.assigner is not None and pattern.tokens == "moves" and (pattern.redraw_invalid
                                                                         or pattern.gibbs_sweeps):
-            l0_tok = self._redraw_invalid(l0_tok, generator)
+            l0_tok = self._correct_moves(l0_tok, generator)
         l0 = l0_tok.cpu().numpy().astype(np.int32)
         if self.assigner is not None:  # l0 holds tokens of day patterns: draw their stations
             seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
@@ -170,7 +184,7 @@ class MSTDiff:
                    else self.scaler.decode_with_activity(x, out.a0)).float().cpu().numpy()
         return traffic.astype(np.float32), l0
 
-    def _redraw_invalid(self, tokens: Tensor, generator: torch.Generator) -> Tensor:
+    def _correct_moves(self, tokens: Tensor, generator: torch.Generator) -> Tensor:
         """``model.pattern.redraw_invalid`` (and ``gibbs_sweeps`` first, :func:`gibbs_moves`): the
         day patterns' invalid move tokens drawn again from the network given the rest of each day
         (:func:`redraw_invalid_moves`), at the step whose share of masked slots is one slot in T."""
