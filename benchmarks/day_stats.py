@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mstdiff.data import PreparedDataset
+from mstdiff.metrics.trajectory import distinct_locations, step_distances
 from mstdiff.models.day_pattern import encode_moves
 
 COLUMNS = ("changes_per_day", "returns_per_day", "blips_per_day", "interior_1_slot", "interior_2_slots",
@@ -47,9 +48,7 @@ def day_stats(ds: PreparedDataset) -> dict[str, float]:
         edges = np.flatnonzero(np.diff(one))
         chains += int(((edges[1::2] - edges[::2]) >= 6).sum())
     inner = np.concatenate(interior) if interior else np.zeros(0, dtype=int)
-    lat, lon = ds.stations["lat"].to_numpy(float), ds.stations["lon"].to_numpy(float)
-    a, b = L[:, :-1][change], L[:, 1:][change]
-    km = np.hypot((lat[a] - lat[b]) * 110.57, (lon[a] - lon[b]) * 111.32 * np.cos(np.radians(lat[a])))
+    km = step_distances(L, ds.coords)[change]
     return {
         "changes_per_day": float(change.sum(1).mean()),
         "returns_per_day": float((encode_moves(L) >= 2).sum(1).mean()),
@@ -58,7 +57,7 @@ def day_stats(ds: PreparedDataset) -> dict[str, float]:
         "interior_2_slots": float((inner == 2).mean()) if inner.size else 0.0,
         "chains6_per_day": chains / U,
         "jump_km_median": float(np.median(km)) if km.size else 0.0,
-        "distinct_per_day": float(np.mean([np.unique(r).size for r in L])),
+        "distinct_per_day": float(distinct_locations(L).mean()),
         "stations_used": int(np.unique(L).size),
     }
 
