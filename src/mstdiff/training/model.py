@@ -191,9 +191,7 @@ class MSTDiff:
         T = tokens.shape[1]
         step = max(1, round(self.hybrid.num_steps / T))
         mask_id = getattr(self.hybrid.discrete, "mask_id", None)
-        if mask_id is None:
-            raise InputError("model.pattern.redraw_invalid needs the absorbing location process",
-                             where="sampling", fix="set redraw_invalid=false")
+        assert mask_id is not None  # check_pattern: a pattern model diffuses with absorbing noise
         was_training = self.denoiser.training
         self.denoiser.eval()
 
