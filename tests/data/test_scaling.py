@@ -115,3 +115,19 @@ def test_activity_classes_and_decoding_with_them():
     bytes_like = TrafficScaler.fit(np.array([[0.0, 3.5, 7.25]]))
     assert bytes_like.activity_classes == 2
     np.testing.assert_array_equal(bytes_like.activity(np.array([0.0, 0.1, 9.0])), [0, 1, 1])
+
+
+def test_model_range_is_where_the_training_series_lie():
+    rng = np.random.default_rng(4)
+    m = rng.gamma(0.5, 30.0, (40, 16)) * (rng.random((40, 16)) < 0.4)
+    sc = TrafficScaler.fit(m)
+    lo, hi = sc.model_range()
+    x = sc.encode(m)
+    assert lo == pytest.approx(float(x.min()), abs=1e-5) and hi == pytest.approx(float(x.max()), abs=1e-5)
+    assert float(sc.continuous(np.float32(hi))) == pytest.approx(m.max(), rel=1e-4)  # back at the maximum
+    minutes = TrafficScaler.fit(np.minimum(m, 30.0), upper=30.0)
+    assert float(minutes.continuous(np.float32(minutes.model_range()[1]))) == pytest.approx(30.0, rel=1e-4)
+    # a scaler saved before the maximum was kept: the range reaches the log cap (2 · max)
+    old = TrafficScaler.from_dict({k: v for k, v in sc.to_dict().items() if k != "train_max"})
+    assert old.train_max is None
+    assert float(old.continuous(np.float32(old.model_range()[1]))) == pytest.approx(2 * m.max(), rel=1e-4)

@@ -128,3 +128,18 @@ def test_clip_denoised():
     xs = torch.full((1, 8), 5.0)
     out = proc.step(torch.zeros(1, 8), 3, xs, generator=torch.Generator().manual_seed(0))
     assert float(out.pred_original_sample.abs().max()) <= 1.0
+
+
+def test_step_clip_maps_the_prediction_before_the_posterior_mean():
+    proc = GaussianDiffusion(GaussianConfig(num_steps=10))
+    xs = torch.full((2, 8), 3.0)
+    eps = torch.randn(2, 8, generator=torch.Generator().manual_seed(1))
+    free = proc.step(eps, 4, xs, generator=torch.Generator().manual_seed(0))
+    clipped = proc.step(eps, 4, xs, generator=torch.Generator().manual_seed(0),
+                        clip=lambda x: x.clamp(-0.5, 0.5))
+    torch.testing.assert_close(clipped.pred_original_sample, free.pred_original_sample.clamp(-0.5, 0.5))
+    # the same noise draw, the posterior mean of the clipped x0: the difference is c1 · (x0 difference)
+    s = torch.tensor([4])
+    m_free, _ = proc.posterior_mean_variance(free.pred_original_sample, xs, s)
+    m_clip, _ = proc.posterior_mean_variance(clipped.pred_original_sample, xs, s)
+    torch.testing.assert_close(clipped.prev_sample - free.prev_sample, m_clip - m_free)

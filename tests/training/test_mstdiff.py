@@ -10,6 +10,7 @@ from mstdiff.diffusion.gaussian import GaussianConfig
 from mstdiff.errors import InputError
 from mstdiff.kg.graph import synthetic_knn_rate
 from mstdiff.models.denoiser import DenoiserConfig
+from mstdiff.models.wavelet import idwt
 from mstdiff.training.mstdiff import ModelConfig, MSTDiff, TrainConfig, generate, train_mstdiff
 
 S = 8
@@ -159,6 +160,32 @@ def test_sampling_options_are_checked_and_change_the_samples(city, discrete, tmp
     assert not np.array_equal(a, b)
     g = generate(sharp, city, 4, tmp_path / "g", seed=1, batch_size=4, progress=False)
     assert g.meta["generation"]["sampling"]["unmask_order"] == "confidence"
+
+
+def test_clip_traffic_keeps_every_step_inside_the_training_range(city, discrete, tmp_path, monkeypatch):
+    import mstdiff.diffusion.gaussian as gm
+
+    run(city, discrete, tmp_path / "m", max_steps=3)
+    model = MSTDiff.load(tmp_path / "m")
+    assert model.traffic_clip() is None  # off unless asked for
+    top = float(np.asarray(city.traffic).max())
+    assert model.scaler.train_max == pytest.approx(top)
+    free, _ = model.sample(16, generator=torch.Generator().manual_seed(0))
+    assert free.max() > top  # an untrained network drifts past the training maximum
+    clipped = model.with_sampling(clip_traffic=True)
+    lo, hi = model.scaler.model_range()
+    seen = []
+    real_step = gm.GaussianDiffusion.step
+
+    def spy(self, eps, s, x, generator=None, clip=None):
+        out = real_step(self, eps, s, x, generator, clip=clip)
+        seen.append(idwt(out.pred_original_sample))
+        return out
+
+    monkeypatch.setattr(gm.GaussianDiffusion, "step", spy)
+    tr, _ = clipped.sample(16, generator=torch.Generator().manual_seed(0))
+    assert len(seen) == S and all(float(x.min()) >= lo - 1e-4 and float(x.max()) <= hi + 1e-4 for x in seen)
+    assert tr.max() <= top * (1 + 1e-4) and tr.min() >= 0
 
 
 def test_activity_channel_trains_and_its_classes_set_the_traffic_atoms(city, discrete, tmp_path):
@@ -380,6 +407,10 @@ def test_a_move_pattern_model_redraws_its_invalid_tokens_on_request(city, tmp_pa
     assert lo.shape == (8, city.T) and not invalid_moves(seen["out"]).any()
     with pytest.raises(InputError, match="gibbs_sweeps"):
         model.with_sampling(gibbs_sweeps=-1)
+    single = model.with_sampling(unmask_order="single", redraw_invalid=True)  # T calls, then the redraw
+    ticks: list[int] = []
+    _, lo = single.sample(8, generator=torch.Generator().manual_seed(0), on_step=lambda: ticks.append(1))
+    assert lo.shape == (8, city.T) and len(ticks) == city.T and not invalid_moves(seen["out"]).any()
     g = generate(swept, traj, 4, tmp_path / "g", seed=0, batch_size=4, progress=False)
     assert g.meta["generation"]["sampling"]["gibbs_sweeps"] == 1  # the set says how it was drawn
     assert g.meta["generation"]["sampling"]["redraw_invalid"] is False

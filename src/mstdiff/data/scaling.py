@@ -68,6 +68,7 @@ class TrafficScaler:
     zero_share: float = 0.0  # share of exact zeros in the training set (calibration target)
     full_share: float = 0.0  # share of values equal to `upper` in the training set (calibration target)
     calibrated: bool = False  # thresholds set by `calibrate` from a model's samples
+    train_max: float | None = None  # largest training value (None: a scaler saved before it was kept)
 
     @classmethod
     def fit(cls, traffic: np.ndarray, *, upper: float | None = None,
@@ -107,6 +108,7 @@ class TrafficScaler:
             full_threshold=full_thr,
             zero_share=float((x == 0).mean()) if x.size else 0.0,
             full_share=float((x >= upper).mean()) if (upper is not None and x.size) else 0.0,
+            train_max=float(x.max()) if x.size else None,
         )
 
     @classmethod
@@ -121,6 +123,15 @@ class TrafficScaler:
         """``(log1p(m) − μ) / σ`` (tensor → tensor, array → float32 array)."""
         t = _as_tensor(traffic)
         return _like((torch.log1p(t.clamp_min(0)) - self.mean) / self.std, traffic)
+
+    def model_range(self) -> tuple[float, float]:
+        """``[encode(0), encode(max)]``: where the training series lie in model space. ``max`` is
+        ``upper`` where the unit has one, else the training maximum (for a scaler saved without it,
+        the value at the log cap, ``2 · max``)."""
+        top = (math.log1p(self.upper) if self.upper is not None
+               else math.log1p(self.train_max) if self.train_max is not None else self.log_cap)
+        lo = -self.mean / self.std
+        return lo, max(lo, (top - self.mean) / self.std) if math.isfinite(top) else float("inf")
 
     def continuous(self, x: A) -> A:
         """``expm1(σ x + μ)`` clamped to ``[0, upper]``: the value before atoms and rounding."""

@@ -24,7 +24,11 @@ Sampling order (:meth:`AbsorbingProcess.sample_reverse`): ``"random"`` unmasks e
 independently with probability ``u_s`` (the exact ancestral step). ``"confidence"`` draws how many
 tokens of a sample to unmask from the same binomial law, but unmasks the ones whose drawn station
 is most probable first (MaskGIT, Chang et al. 2022): the count per step is the process's, the
-order is the network's.
+order is the network's. ``"single"`` (:meth:`AbsorbingProcess.plan_single`) unmasks exactly one
+token per network call, chosen uniformly among the masked ones, at the step that most plausibly
+holds that many masked tokens: the random order in the limit S → ∞, where no two tokens of a
+sample are drawn from one call without seeing each other (with S = 200 and T = 48, the random
+order draws about 5.6 pairs of a day's tokens from the same call); T calls instead of S.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from mstdiff.diffusion.common import check_steps, sample_categorical
 from mstdiff.errors import InputError
 
 ABSORBING_SCHEDULES = ("linear", "cosine")
-UNMASK_ORDERS = ("random", "confidence")
+UNMASK_ORDERS = ("random", "confidence", "single")
 FORMAT = "mstdiff.AbsorbingProcess"
 
 
@@ -236,6 +240,9 @@ class AbsorbingProcess(nn.Module):
         """
         if order not in UNMASK_ORDERS:
             raise InputError(f"unmask order {order!r} is unknown", fix=f"use one of {UNMASK_ORDERS}")
+        if order == "single":
+            raise InputError("unmask order 'single' chooses its own steps",
+                             where="AbsorbingProcess.plan_reverse", fix="call plan_single (HybridDiffusion.sample does)")
         s = self._steps(l_s, s, "l_s", s_min=1)
         b, t = l_s.shape
         masked = l_s == self.mask_id  # (B, T)
@@ -246,6 +253,40 @@ class AbsorbingProcess(nn.Module):
             return (masked & (coin < u_s[:, None])).reshape(-1).nonzero().squeeze(-1), None
         k = (masked & (coin < u_s[:, None])).sum(-1)  # (B,) ~ Binomial(#masked, u_s)
         return masked.reshape(-1).nonzero().squeeze(-1), k
+
+    def step_for_masked(self, masked: Tensor, T: int) -> Tensor:
+        """The step at which ``masked`` of ``T`` masked tokens are most likely, for ``masked (B,)``
+        in ``1..T``: ``argmax_s Binomial(masked; T, 1 − ᾱ_s)`` over ``s = 1..S`` (linear schedule:
+        about ``S · masked / T``); ``Long[B]``."""
+        if T < 1 or bool(((masked < 1) | (masked > T)).any()):
+            raise ValueError(f"masked counts must lie in 1..T = {T}")
+        keep = self.keep_bar[1:].double().to(masked.device)  # ᾱ_1..ᾱ_S
+        j = masked.double()[:, None]
+        tiny = torch.finfo(torch.float64).tiny
+        ll = j * (1.0 - keep).clamp_min(tiny).log() + (T - j) * keep.clamp_min(tiny).log()  # (B, S)
+        return ll.argmax(-1) + 1
+
+    @torch.no_grad()
+    def plan_single(self, l_s: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Order ``"single"``: one masked token of every sample that has one, uniformly at random,
+        and the step to score it at (:meth:`step_for_masked` of the sample's masked count).
+
+        Returns ``(rows, s)``: flat indices into the B·T tokens (increasing; one per sample with a
+        masked token) and ``s (B,)`` (1 for a sample with none, whose row is absent). The token is
+        then drawn by :meth:`finish_reverse` with ``k = None``.
+        """
+        b, t = l_s.shape
+        masked = l_s == self.mask_id
+        count = masked.sum(-1)
+        gen_device = generator.device if generator is not None else l_s.device
+        key = torch.rand((b, t), generator=generator, device=gen_device).to(l_s.device)
+        pick = torch.where(masked, key, torch.full_like(key, -1.0)).argmax(-1)  # a uniform masked slot
+        has = count > 0
+        rows = (torch.arange(b, device=l_s.device) * t + pick)[has]
+        s = torch.ones(b, dtype=torch.long, device=l_s.device)
+        if bool(has.any()):
+            s[has] = self.step_for_masked(count[has], t)
+        return rows, s
 
     @torch.no_grad()
     def finish_reverse(self, logits_rows: Tensor, rows: Tensor, k: Tensor | None, l_s: Tensor,

@@ -19,6 +19,7 @@ float32.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -159,12 +160,18 @@ class GaussianDiffusion(nn.Module):
         return mean, self._at(self.posterior_variance, s, x_s)
 
     def step(
-        self, eps_hat: Tensor, s: Tensor | int, x_s: Tensor, generator: torch.Generator | None = None
+        self, eps_hat: Tensor, s: Tensor | int, x_s: Tensor, generator: torch.Generator | None = None,
+        clip: Callable[[Tensor], Tensor] | None = None,
     ) -> GaussianStepOutput:
-        """Ancestral step ``x_{s-1} ~ N(μ̃(x̂0(ε̂), x_s), β̃_s)``; no noise is added at s = 1 (β̃_1 = 0)."""
+        """Ancestral step ``x_{s-1} ~ N(μ̃(x̂0(ε̂), x_s), β̃_s)``; no noise is added at s = 1 (β̃_1 = 0).
+
+        ``clip``: maps the predicted ``x̂0`` into the data's domain before the posterior mean (after
+        ``config.clip_denoised``), as DDPM clips ``x̂0`` to the data range (Ho et al. 2020, §3.3)."""
         x0_hat = self.predict_x0(x_s, eps_hat, s)
         if self.config.clip_denoised is not None:
             x0_hat = x0_hat.clamp(-self.config.clip_denoised, self.config.clip_denoised)
+        if clip is not None:
+            x0_hat = clip(x0_hat)
         mean, var = self.posterior_mean_variance(x0_hat, x_s, s)
         noise = randn(x_s.shape, generator=generator, device=x_s.device, dtype=x_s.dtype)
         return GaussianStepOutput(prev_sample=mean + var.sqrt() * noise, pred_original_sample=x0_hat)

@@ -38,6 +38,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mstdiff.config import Check, ge, gt, one_of
+from mstdiff.diffusion.absorbing import UNMASK_ORDERS
 from mstdiff.diffusion.common import sample_categorical, supports_rows
 from mstdiff.diffusion.gaussian import GaussianDiffusion, randn
 from mstdiff.errors import InputError
@@ -90,7 +91,7 @@ class HybridConfig:
     CHECKS: ClassVar[dict[str, Check]] = {
         "location_input": one_of(*LOCATION_INPUTS), "final_location": one_of(*FINAL_LOCATIONS),
         "location_draw": one_of(*LOCATION_DRAWS), "location_temperature": gt(0),
-        "unmask_order": one_of("random", "confidence"), "condition_weight": ge(0),
+        "unmask_order": one_of(*UNMASK_ORDERS), "condition_weight": ge(0),
     }
 
     location_input: str = "sampled"  # "sampled": network gets ids l_s (D3PM); "soft": probabilities (paper)
@@ -99,13 +100,20 @@ class HybridConfig:
     # sample_reverse) or "dense" (build p_θ(l_{s-1} | l_s) over all N stations for every token)
     location_draw: str = "two_stage"
     location_temperature: float = 1.0  # sampling: the network's l0 logits are divided by this
-    # absorbing process: which masked slots unmask first, "random" (exact ancestral step) or
-    # "confidence" (same count per step, most probable drawn stations first; MaskGIT)
+    # absorbing process: which masked slots unmask first, "random" (exact ancestral step),
+    # "confidence" (same count per step, most probable drawn stations first; MaskGIT) or "single"
+    # (one uniformly chosen token per network call, T calls: the random order as S → ∞; a network
+    # without traffic or activity only, unconditional sampling)
     unmask_order: str = "random"
     # conditional sampling with given locations: the weight γ of those locations on the traffic and
     # activity predictions (1: the plain conditional; 0: the traffic of the model's own trajectories;
     # between: ε = ε_free + γ (ε_given − ε_free), a tempered conditional, see HybridDiffusion.sample)
     condition_weight: float = 1.0
+    # sampling: clamp every step's predicted clean traffic series (the inverse wavelet transform of
+    # ŵ_0) to the training range in model space, [encode(0), encode(max)], before the DDPM posterior
+    # mean: DDPM's clip of x̂_0 to the data's range (applied by MSTDiff.sample, which holds the
+    # scaler); False: ŵ_0 as predicted (a drifting sample can reach the decoder's cap, 2 · max)
+    clip_traffic: bool = False
 
     def __post_init__(self) -> None:
         if not self.condition_weight >= 0:
@@ -115,9 +123,9 @@ class HybridConfig:
         if not self.location_temperature > 0:
             raise InputError(f"location_temperature = {self.location_temperature} must be positive",
                              fix="use e.g. 1.0 (the model's own distribution) or 0.8 (sharper)")
-        if self.unmask_order not in ("random", "confidence"):
+        if self.unmask_order not in UNMASK_ORDERS:
             raise InputError(f"unmask_order = {self.unmask_order!r} is unknown",
-                             fix="use 'random' or 'confidence'")
+                             fix=f"use one of {UNMASK_ORDERS}")
         if self.location_input not in LOCATION_INPUTS:
             raise InputError(
                 f"location_input = {self.location_input!r} is unknown", fix=f"use one of {LOCATION_INPUTS}"
@@ -215,6 +223,11 @@ class HybridDiffusion:
         """S, shared by both branches."""
         return self.gaussian.num_steps
 
+    def sampling_calls(self, T: int) -> int:
+        """Reverse steps (``on_step`` ticks) of one :meth:`sample` of T slots: T for the unmask order
+        "single" (one token per call), else S."""
+        return T if self.config.unmask_order == "single" else self.num_steps
+
     @property
     def num_states(self) -> int:
         """N, number of stations."""
@@ -260,6 +273,7 @@ class HybridDiffusion:
     def step(
         self, out: DenoiserOutputLike, w_s: Tensor, l_s: Tensor, s: Tensor, generator: torch.Generator | None,
         cache: Any = None, a_s: Tensor | None = None, plan: tuple[Tensor, Tensor | None] | None = None,
+        w0_clip: Callable[[Tensor], Tensor] | None = None,
     ) -> HybridStepOutput:
         """Reverse step s → s − 1: DDPM step for w, a draw from ``p_θ(l_{s-1} | l_s)`` for l.
 
@@ -267,12 +281,13 @@ class HybridDiffusion:
         the next step (``location_input = "sampled"``) and the discrete process offers
         ``sample_reverse`` (the graph process: an exact draw without the dense ``(B, T, N)`` rows),
         that draw is used and ``l_prev_probs`` is None; ``cache`` is the process's row cache for the
-        run (``discrete.row_cache()``).
+        run (``discrete.row_cache()``). ``w0_clip`` maps the predicted coefficients ``ŵ_0`` into
+        the data's domain (:meth:`GaussianDiffusion.step`'s ``clip``).
         """
         if out.eps is None:  # a network without traffic: the coefficients stay as they are
             w_prev, w0_hat = w_s, w_s
         else:
-            g = self.gaussian.step(out.eps, s, w_s, generator)
+            g = self.gaussian.step(out.eps, s, w_s, generator, clip=w0_clip)
             w_prev, w0_hat = g.prev_sample, g.pred_original_sample
         a_prev = None
         if self.activity is not None and a_s is not None:
@@ -323,6 +338,7 @@ class HybridDiffusion:
         on_step: Callable[[], None] | None = None,
         impute: Imputer | None = None,
         guide: bool = False,
+        w0_clip: Callable[[Tensor], Tensor] | None = None,
     ) -> HybridSample:
         """Algorithm 2: ``w_S ~ N(0, I)``, ``l_S`` from the process's stationary law (uniform for the
         graph process, all masked for the absorbing one); for s = S..1 one network call and one step.
@@ -344,6 +360,9 @@ class HybridDiffusion:
         i.e. the tempered conditional ``p(x)^(1−γ) p(x | l)^γ``. It costs one more network call per
         step. The model learns ``p(traffic | trajectory)`` for the training users, where the pairing
         can be memorised, so γ < 1 undoes overconfidence on unseen users (chosen on validation).
+
+        ``w0_clip``: maps every step's predicted coefficients ``ŵ_0`` into the data's domain
+        (``MSTDiff.sample`` passes the training range of the series for ``config.clip_traffic``).
         """
         device = torch.device(device) if device is not None else self.gaussian.betas.device
         N, S = self.num_states, self.num_steps
@@ -377,6 +396,14 @@ class HybridDiffusion:
         # absorbing process, ids as input: which tokens unmask is decided before the network call,
         # which then scores those tokens only (each token unmasks once in S steps), and a step at
         # which nothing unmasks needs no call at all when there is no traffic or activity to denoise
+        if self.config.unmask_order == "single":
+            self._check_single(with_traffic, a is not None, impute is not None or guide, soft)
+            try:
+                l = self._sample_single(model, l, generator, progress, on_step)
+                return HybridSample(w0=w, l0=l, a0=None)
+            finally:
+                if callable(set_mode):
+                    set_mode(was_training)
         plan_fn = getattr(self.discrete, "plan_reverse", None)
         planned = (callable(plan_fn) and not soft and supports_rows(model)
                    and getattr(self.discrete, "mask_id", None) is not None)
@@ -398,8 +425,9 @@ class HybridDiffusion:
                 if guided:
                     assert l_free is not None
                     out, l_free, probs_free = self._guided(model, out, w, l_free, probs_free, a, s,
-                                                           generator, cache_free, planned, plan_fn, gamma)
-                nxt = self.step(out, w, l, s, generator, cache, a_s=a, plan=plan)
+                                                           generator, cache_free, planned, plan_fn, gamma,
+                                                           w0_clip)
+                nxt = self.step(out, w, l, s, generator, cache, a_s=a, plan=plan, w0_clip=w0_clip)
                 w, l, a = nxt.w_prev, nxt.l_prev, nxt.a_prev
                 if impute is not None:
                     w, l, a = impute(w, l, a, step - 1)
@@ -412,6 +440,38 @@ class HybridDiffusion:
             if callable(set_mode):
                 set_mode(was_training)
         return HybridSample(w0=w, l0=l, a0=a)
+
+    def _check_single(self, traffic: bool, activity: bool, conditional: bool, soft: bool) -> None:
+        """Unmask order "single" has no steps of the Gaussian or activity chains to run beside it."""
+        why = ("the network denoises traffic" if traffic else "the model has an activity stream" if activity
+               else "the sampling is conditional (imputed or guided)" if conditional
+               else "location_input is 'soft'" if soft
+               else "the location process is not the absorbing one"
+               if not callable(getattr(self.discrete, "plan_single", None)) else None)
+        if why is not None:
+            raise InputError(f"unmask_order 'single' needs a trajectory-only absorbing model, but {why}",
+                             where="model.hybrid.unmask_order",
+                             fix="use unmask_order 'random' (the exact step of the S-step chain)")
+
+    def _sample_single(self, model: Denoiser, l: Tensor, generator: torch.Generator | None, progress: bool,
+                       on_step: Callable[[], None] | None) -> Tensor:
+        """Unmask order "single": T network calls, each drawing one masked token of every sample
+        (:meth:`AbsorbingProcess.plan_single`) from the network's law given all tokens drawn before."""
+        discrete: Any = self.discrete
+        n, T = l.shape
+        w = torch.zeros((n, T), device=l.device)
+        rows_ok = supports_rows(model)
+        temp = self.config.location_temperature
+        for _ in tqdm(range(T), desc="sampling", unit="token", disable=not progress):
+            rows, s = discrete.plan_single(l, generator)
+            if not rows.numel():
+                break
+            out = model(w, l, s, rows=rows) if rows_ok else model(w, l, s)
+            logits = out.logits if rows_ok else out.logits.reshape(n * T, -1)[rows]
+            l = discrete.finish_reverse(logits if temp == 1.0 else logits / temp, rows, None, l, generator)
+            if on_step is not None:
+                on_step()
+        return l
 
     def _prior_locations(self, n: int, T: int, generator: torch.Generator | None,
                          device: torch.device) -> Tensor:
@@ -433,13 +493,14 @@ class HybridDiffusion:
 
     def _guided(self, model: Denoiser, out: Any, w: Tensor, l_free: Tensor, probs_free: Tensor | None,
                 a: Tensor | None, s: Tensor, generator: torch.Generator | None, cache: Any, planned: bool,
-                plan_fn: Any, gamma: float) -> tuple[Any, Tensor, Tensor | None]:
+                plan_fn: Any, gamma: float, w0_clip: Callable[[Tensor], Tensor] | None = None,
+                ) -> tuple[Any, Tensor, Tensor | None]:
         """One step of the free location chain on the traffic state ``w`` and the mixed output: the
         traffic noise and activity logits ``free + γ (given − free)``, the location logits of the
         given chain unchanged. Returns ``(mixed output, next free locations, their next probs)``."""
         plan = plan_fn(l_free, s, generator, order=self.config.unmask_order) if planned else None
         free = self._call(model, w, probs_free if probs_free is not None else l_free, s, a, plan)
-        nxt = self.step(free, w, l_free, s, generator, cache, a_s=a, plan=plan)
+        nxt = self.step(free, w, l_free, s, generator, cache, a_s=a, plan=plan, w0_clip=w0_clip)
 
         def mix(given: Tensor | None, f: Tensor | None) -> Tensor | None:
             return given if given is None or f is None else f + gamma * (given - f)

@@ -40,7 +40,7 @@ from mstdiff.models.day_pattern import (
 )
 from mstdiff.models.denoiser import DenoiserConfig, MSTDiffDenoiser
 from mstdiff.models.vqvae import VQVAE
-from mstdiff.models.wavelet import idwt
+from mstdiff.models.wavelet import dwt, idwt
 from mstdiff.training.utils import (
     load_checkpoint,
     resolve_device,
@@ -167,7 +167,7 @@ class MSTDiff:
         ``impute`` gives locations, weighted by the sampling option ``condition_weight``."""
         T = self.config.denoiser.seq_len
         out = self.hybrid.sample(self.denoiser, n, T, generator, device=device, progress=progress,
-                                 on_step=on_step, impute=impute, guide=guide)
+                                 on_step=on_step, impute=impute, guide=guide, w0_clip=self.traffic_clip())
         l0_tok = out.l0
         pattern = self.config.pattern
         if self.assigner is not None and pattern.tokens == "moves" and (pattern.redraw_invalid
@@ -183,6 +183,15 @@ class MSTDiff:
         traffic = (self.scaler.decode(x) if out.a0 is None
                    else self.scaler.decode_with_activity(x, out.a0)).float().cpu().numpy()
         return traffic.astype(np.float32), l0
+
+    def traffic_clip(self) -> Callable[[Tensor], Tensor] | None:
+        """``model.hybrid.clip_traffic``: the map of predicted coefficients ``ŵ_0`` into the training
+        range of the series (``idwt``, clamp to :meth:`TrafficScaler.model_range`, ``dwt``); None
+        when the option is off or the model has no traffic."""
+        if not (self.config.hybrid.clip_traffic and self.config.denoiser.use_traffic):
+            return None
+        lo, hi = self.scaler.model_range()
+        return lambda w0: dwt(idwt(w0).clamp(lo, hi))
 
     def _correct_moves(self, tokens: Tensor, generator: torch.Generator) -> Tensor:
         """``model.pattern.redraw_invalid`` (and ``gibbs_sweeps`` first, :func:`gibbs_moves`): the
@@ -305,7 +314,8 @@ def calibrate_decoder(model: MSTDiff, n: int, *, seed: int, device: torch.device
     T = model.config.denoiser.seq_len
     parts = []
     for a in range(0, n, batch_size):
-        out = model.hybrid.sample(model.denoiser, min(batch_size, n - a), T, gen, device=device)
+        out = model.hybrid.sample(model.denoiser, min(batch_size, n - a), T, gen, device=device,
+                                  w0_clip=model.traffic_clip())
         parts.append(idwt(out.w0).float().cpu())
     scaler = model.scaler.calibrate(torch.cat(parts))
     logger.info("traffic decoder calibrated on %d samples: zero at <= %.3g, full at >= %s",
@@ -442,7 +452,7 @@ def generate(
         locations = open_memmap(tmp / "locations.npy", mode="w+", dtype=np.int32, shape=(n, T))
         batches = -(-n // batch_size)
         # one tick per reverse diffusion step of every batch: the bar moves within a batch too
-        with tqdm(total=batches * model.hybrid.num_steps, desc="generate", unit="step",
+        with tqdm(total=batches * model.hybrid.sampling_calls(T), desc="generate", unit="step",
                   disable=not progress) as bar:
             for start in range(0, n, batch_size):
                 k = min(batch_size, n - start)
