@@ -242,7 +242,8 @@ class AbsorbingProcess(nn.Module):
             raise InputError(f"unmask order {order!r} is unknown", fix=f"use one of {UNMASK_ORDERS}")
         if order == "single":
             raise InputError("unmask order 'single' chooses its own steps",
-                             where="AbsorbingProcess.plan_reverse", fix="call plan_single (HybridDiffusion.sample does)")
+                             where="AbsorbingProcess.plan_reverse",
+                             fix="call plan_single (HybridDiffusion.sample does)")
         s = self._steps(l_s, s, "l_s", s_min=1)
         b, t = l_s.shape
         masked = l_s == self.mask_id  # (B, T)
