@@ -156,4 +156,5 @@ def test_reader_option_that_is_not_yaml_is_kept_as_text():
 def test_a_pattern_sampling_option_is_accepted_beside_those_of_the_hybrid():
     cfg = load_run_config(DEMO, ["generate.sampling.redraw_invalid=true",
                                  "generate.sampling.location_temperature=0.9"])
-    assert cfg.generate.sampling == {"redraw_invalid": True, "location_temperature": 0.9, "clip_traffic": True}
+    assert cfg.generate.sampling == {"redraw_invalid": True, "location_temperature": 0.9,
+                                     "clip_traffic": True}  # the demo's own, kept
