@@ -196,11 +196,13 @@ class MSTDiff:
     def _correct_moves(self, tokens: Tensor, generator: torch.Generator) -> Tensor:
         """``model.pattern.redraw_invalid`` (and ``gibbs_sweeps`` first, :func:`gibbs_moves`): the
         day patterns' invalid move tokens drawn again from the network given the rest of each day
-        (:func:`redraw_invalid_moves`), at the step whose share of masked slots is one slot in T."""
+        (:func:`redraw_invalid_moves`), at the step at which one masked slot in T is most likely
+        (:meth:`AbsorbingProcess.step_for_masked`, as the unmask order "single" scores its last slot)."""
         T = tokens.shape[1]
-        step = max(1, round(self.hybrid.num_steps / T))
-        mask_id = getattr(self.hybrid.discrete, "mask_id", None)
+        discrete: Any = self.hybrid.discrete
+        mask_id = getattr(discrete, "mask_id", None)
         assert mask_id is not None  # check_pattern: a pattern model diffuses with absorbing noise
+        step = int(discrete.step_for_masked(torch.ones(1, dtype=torch.long), T)[0])
         was_training = self.denoiser.training
         self.denoiser.eval()
 
