@@ -316,7 +316,9 @@ def train(train_dir: Path, val_dir: Path | None, transition: Path, vqvae: Path |
 @click.option("--device", default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True)
 @click.option("--sample", "sampling", multiple=True, metavar="KEY=VALUE",
-              help="Sampling option of model.hybrid, e.g. location_temperature=0.9, unmask_order=confidence, "
+              help="Sampling option of model.hybrid or model.pattern, e.g. location_temperature=0.9, "
+                   "unmask_order=single (one slot per network call; trajectory-only models), "
+                   "clip_traffic=true (predicted series kept in the training range), redraw_invalid=true, "
                    "condition_weight=0.5 (weight of given locations on the traffic; 1: plain conditional).")
 @click.option("--condition", default=None, metavar="KIND=DIR",
               help="Conditional generation on a prepared dataset: locations=DIR (traffic for these "
