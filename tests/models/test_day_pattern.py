@@ -376,3 +376,94 @@ def test_bad_input_is_an_input_error():
         a.assign(np.zeros((2, 5), dtype=np.int64), np.random.default_rng(0))
     with pytest.raises(InputError, match="below T"):
         DayPatternConfig(enabled=True, tokens="labels", labels=8).validate_for(12)
+
+
+# ------------------------------------------------------------------ tokens "moves_back"
+def back_oracle(z: np.ndarray) -> np.ndarray:
+    """Brute force: the moves, with a return to the place of the run before the current run as BACK."""
+    out = moves_oracle(z)
+    T = z.shape[1]
+    for u, row in enumerate(z):
+        runs = [row[0]]
+        for t in range(1, T):
+            if row[t] != row[t - 1]:
+                if len(runs) >= 2 and row[t] == runs[-2]:
+                    out[u, t] = T + 2
+                runs.append(row[t])
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(locations)
+def test_back_tokens_match_brute_force_and_decode_back(loc):
+    from mstdiff.models.day_pattern import back_token
+
+    tok = encode_moves(loc, back=True)
+    np.testing.assert_array_equal(tok, back_oracle(patterns_oracle(loc)))
+    np.testing.assert_array_equal(decode_moves(tok, back=True), day_patterns(loc))
+    assert not invalid_moves(torch.from_numpy(tok), back=True).any()
+    plain = encode_moves(loc)
+    is_back = tok == back_token(loc.shape[1])
+    np.testing.assert_array_equal(tok[~is_back], plain[~is_back])  # BACK replaces returns only
+    assert (plain[is_back] >= 2).all()
+
+
+tokens_back = arrays(np.int64, st.tuples(st.integers(1, 6), st.integers(1, 12)), elements=st.integers(0, 14))
+
+
+@settings(max_examples=80, deadline=None)
+@given(tokens_back, st.data())
+def test_back_validity_matches_brute_force(tok, data):
+    U, T = tok.shape
+    V = T + 3
+    tok = np.minimum(tok, V - 1)
+
+    def valid_prefix(prefix: np.ndarray) -> bool:
+        """Brute force: the prefix, padded to T slots with NEW (valid after anything), encodes
+        back to itself (T is fixed, so BACK stays T + 2)."""
+        row = np.concatenate([prefix, np.full(T - prefix.size, 1, dtype=np.int64)])[None]
+        return bool((encode_moves(decode_moves(row, back=True), back=True) == row).all())
+
+    bad = invalid_moves(torch.from_numpy(tok), back=True).numpy()
+    for u, row in enumerate(tok):
+        first = next((t - 1 for t in range(1, T + 1) if not valid_prefix(row[:t])), -1)
+        assert bad[u].any() == (first >= 0)
+        if first >= 0:
+            assert int(np.flatnonzero(bad[u])[0]) == first
+    slot = np.array([data.draw(st.integers(0, T - 1)) for _ in range(U)])
+    ok = valid_move_mask(torch.from_numpy(tok), torch.from_numpy(slot), V, back=True).numpy()
+    for u in range(U):
+        prefix = tok[u, : slot[u]]
+        if not valid_prefix(prefix):
+            continue  # only defined after a valid prefix
+        want = {v for v in range(V) if valid_prefix(np.append(prefix, v))}
+        assert set(np.flatnonzero(ok[u]).tolist()) == want
+
+
+def test_back_validity_on_a_day_with_detours():
+    # NEW NEW BACK (A X A) is valid; RETURN_0 there is not (the encoding says BACK); BACK at slot 1
+    # has no place before the current one
+    T = 6
+    B = T + 2
+    tok = torch.tensor([[1, 1, B, 1, 1, B], [1, 1, 2, 1, 0, 0], [1, B, 1, 1, 1, 1]])
+    bad = invalid_moves(tok, back=True)
+    assert not bad[0].any() and bad[1].tolist() == [False, False, True, False, False, False]
+    assert bad[2].tolist() == [False, True, False, False, False, False]
+    np.testing.assert_array_equal(decode_moves(tok[:1].numpy(), back=True), [[0, 1, 0, 2, 3, 2]])
+    ok = valid_move_mask(tok[:1], torch.tensor([5]), T + 3, back=True)[0]
+    # at slot 5 (after places 0 1 0 2 3): NEW, STAY, RETURN_0, RETURN_1 and BACK (to 2)
+    assert set(ok.nonzero().squeeze(-1).tolist()) == {0, 1, 2, 3, B}
+
+
+def test_a_back_token_is_one_symbol_for_every_one_slot_detour():
+    # A X A early and late in a day: RETURN_0 and RETURN_3 in the plain moves, BACK in both here
+    z = np.array([[0, 1, 0, 0, 2, 3, 4, 3, 3]])
+    T = z.shape[1]
+    assert encode_moves(z)[0, 2] == 2 and encode_moves(z)[0, 7] == 2 + 3
+    tok = encode_moves(z, back=True)
+    assert tok[0, 2] == T + 2 and tok[0, 7] == T + 2
+    from mstdiff.models.day_pattern import DayPatternConfig
+
+    cfg = DayPatternConfig(enabled=True, tokens="moves_back")
+    assert cfg.num_symbols(T) == T + 3 and cfg.back
+    np.testing.assert_array_equal(cfg.decode(cfg.encode(z)), z)

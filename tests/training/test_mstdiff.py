@@ -340,8 +340,8 @@ def _pattern_config(tokens="labels", **pattern):
                                     copy_nearest=tokens == "labels", table_new=tokens == "labels"))
 
 
-@pytest.mark.parametrize("tokens", ["moves", "labels"])
-def test_a_pattern_model_draws_patterns_then_stations(city, tmp_path, tokens):
+@pytest.mark.parametrize("tokens", ["moves", "moves_back", "labels"])
+def test_a_pattern_model_draws_patterns_then_stations(city, tmp_path, tokens, monkeypatch):
     from mstdiff.models.day_pattern import day_patterns
 
     traj = _no_traffic(city)
@@ -351,13 +351,29 @@ def test_a_pattern_model_draws_patterns_then_stations(city, tmp_path, tokens):
     assert res.steps > 0 and any("val_total" in h for h in res.history)
     model = MSTDiff.load(tmp_path / "m")
     assert model.assigner is not None and model.n_stations == city.n_stations
-    P = 64 if tokens == "labels" else city.T + 2  # the network's symbols
+    P = {"labels": 64, "moves": city.T + 2, "moves_back": city.T + 3}[tokens]  # the network's symbols
     assert model.hybrid.num_states == P and model.denoiser.config.num_stations == P
     _, lo = model.sample(10, generator=torch.Generator().manual_seed(0))
     assert lo.shape == (10, city.T) and lo.min() >= 0 and lo.max() < city.n_stations
     same = model.with_sampling(location_temperature=1.0)
     _, lo2 = same.sample(10, generator=torch.Generator().manual_seed(0))
     np.testing.assert_array_equal(lo, lo2)  # same seed, same stations; sampling options keep the assigner
+    if tokens == "moves_back":  # the redraw reads BACK too: every drawn day is one the encoding holds
+        import mstdiff.training.model as mod
+        from mstdiff.models.day_pattern import invalid_moves
+
+        seen = {}
+        real_redraw = mod.redraw_invalid_moves
+
+        def spy(tok, logits_fn, mask_id, **kw):
+            seen["back"], seen["out"] = kw.get("back"), real_redraw(tok, logits_fn, mask_id, **kw)
+            return seen["out"]
+
+        monkeypatch.setattr(mod, "redraw_invalid_moves", spy)
+        model.with_sampling(redraw_invalid=True, unmask_order="single").sample(
+            16, generator=torch.Generator().manual_seed(0))
+        assert seen["back"] is True and not invalid_moves(seen["out"], back=True).any()
+        assert int(seen["out"].max()) <= city.T + 2
     g = generate(model, traj, 5, tmp_path / "g", seed=0, batch_size=4, progress=False)
     assert g.n_samples == 5 and g.n_stations == city.n_stations
     # the stations realise the drawn pattern: as many distinct stations as distinct labels

@@ -15,6 +15,10 @@ one of two token sequences (``pattern.tokens``):
   symbols with a fixed meaning, ``STAY`` (0: the place of slot t−1), ``NEW`` (1: a place the day has
   not held yet) or ``RETURN_k`` (``2 + k``: back to the day's k-th place). Every symbol says the
   same thing in every day, so the plain table head learns them; stays are runs of ``STAY``.
+* ``"moves_back"``: the same plus ``BACK`` (``T + 2``): a return to the place the day held just
+  before the current one (A → X → A), which ``RETURN_k`` would spell with the k of A, a symbol
+  that depends on how many places the day had before; so a one-slot detour is one symbol in every
+  day.
 * ``"labels"``: the pattern's labels, each training day's mapped by its own random injection
   ``{0..T-1} → {0..P-1}`` (``P = pattern.labels``; :func:`permute_labels`, drawn anew every epoch),
   for the copy head: no symbol carries a meaning, a stay is a copy, a new place any symbol the day
@@ -60,13 +64,20 @@ from torch import Tensor
 from mstdiff.config import Check, ge, gt, one_of
 from mstdiff.errors import InputError
 
-__all__ = ["DayPatternConfig", "StationAssigner", "day_patterns", "decode_moves", "encode_moves",
+__all__ = ["DayPatternConfig", "StationAssigner", "back_token", "day_patterns", "decode_moves",
+           "encode_moves",
            "gibbs_moves", "invalid_moves", "label_roles", "permute_labels", "redraw_invalid_moves",
            "valid_move_mask",
            "ROLE_EDGES", "STAY", "NEW"]
 
 STAY, NEW = 0, 1  # move tokens; 2 + k: RETURN to the day's k-th place
-TOKENS = ("moves", "labels")
+TOKENS = ("moves", "moves_back", "labels")
+MOVE_TOKENS = ("moves", "moves_back")
+
+
+def back_token(T: int) -> int:
+    """Tokens ``"moves_back"``: the symbol ``BACK`` (back to the place before the current one), ``T + 2``."""
+    return T + 2
 
 ROLE_EDGES = np.array([1, 2, 3, 5, 9, 17])  # a label's slots in the day: 1, 2, 3-4, 5-8, 9-16, 17+
 N_ROLES = 2 * ROLE_EDGES.size  # × (the day returns to it or not)
@@ -103,15 +114,21 @@ class DayPatternConfig:
 
     def num_symbols(self, T: int) -> int:
         """Size of the token alphabet the network sees for windows of T slots."""
-        return T + 2 if self.tokens == "moves" else self.labels
+        return T + 2 if self.tokens == "moves" else T + 3 if self.tokens == "moves_back" else self.labels
+
+    @property
+    def back(self) -> bool:
+        """Whether the move tokens have ``BACK`` (tokens ``"moves_back"``)."""
+        return self.tokens == "moves_back"
 
     def encode(self, patterns: np.ndarray) -> np.ndarray:
         """The network's tokens of day patterns (for "labels", before the random mapping)."""
-        return encode_moves(patterns) if self.tokens == "moves" else day_patterns(patterns)
+        return (encode_moves(patterns, back=self.back) if self.tokens in MOVE_TOKENS
+                else day_patterns(patterns))
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         """Day patterns of the network's tokens."""
-        return decode_moves(tokens) if self.tokens == "moves" else day_patterns(tokens)
+        return decode_moves(tokens, back=self.back) if self.tokens in MOVE_TOKENS else day_patterns(tokens)
 
     def validate_for(self, T: int) -> None:
         if self.tokens not in TOKENS:
@@ -144,10 +161,11 @@ def day_patterns(locations: np.ndarray) -> np.ndarray:
     return rank[inv.ravel()].reshape(U, T).astype(np.int32)
 
 
-def encode_moves(patterns: np.ndarray) -> np.ndarray:
+def encode_moves(patterns: np.ndarray, *, back: bool = False) -> np.ndarray:
     """Move tokens of day patterns (any labels), ``(U, T)`` int32: slot 0 is ``NEW``; slot t is
     ``STAY`` at the place of slot t−1, ``NEW`` at a place the day has not held, else ``2 + k`` for
-    a return to its k-th place (first-appearance order)."""
+    a return to its k-th place (first-appearance order). ``back``: a return to the place held just
+    before the current one is ``BACK`` (:func:`back_token`) instead."""
     z = day_patterns(patterns).astype(np.int64)
     U, T = z.shape
     tok = np.full((U, T), NEW, dtype=np.int64)
@@ -155,83 +173,112 @@ def encode_moves(patterns: np.ndarray) -> np.ndarray:
         seen = np.maximum.accumulate(z, axis=1)[:, :-1]
         cur, prev = z[:, 1:], z[:, :-1]
         tok[:, 1:] = np.where(cur == prev, STAY, np.where(cur > seen, NEW, 2 + cur))
+    if back:
+        before = np.full(U, -1, dtype=np.int64)  # the place held before the current one
+        for t in range(1, T):
+            moved = z[:, t] != z[:, t - 1]
+            tok[moved & (z[:, t] == before), t] = back_token(T)
+            before = np.where(moved, z[:, t - 1], before)
     return tok.astype(np.int32)
 
 
-def decode_moves(tokens: np.ndarray) -> np.ndarray:
+def decode_moves(tokens: np.ndarray, *, back: bool = False) -> np.ndarray:
     """Day patterns ``(U, T)`` of move tokens; the inverse of :func:`encode_moves` on its image.
 
-    Any token sequence decodes: slot 0 is the first place whatever its token, and a ``RETURN_k`` to
+    Any token sequence decodes: slot 0 is the first place whatever its token, a ``RETURN_k`` to
     a place the day has not reached yet (k ≥ the places so far) is a new place, one to the current
-    place a stay.
+    place a stay, and a ``BACK`` (``back``) with no place before the current one a new place.
     """
     tok = np.asarray(tokens, dtype=np.int64)
     if tok.ndim != 2:
         raise ValueError(f"tokens must be (U, T), got shape {tok.shape}")
-    return _move_state(torch.from_numpy(tok))[1].numpy().astype(np.int32)
+    return _move_state(torch.from_numpy(tok), back)[1].numpy().astype(np.int32)
 
 
-def _move_state(tok: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Move tokens ``(B, T)`` read slot by slot: ``(invalid, z, n)``, whether each token is one that
-    :func:`encode_moves` never emits given the slots before it, the place (pattern label) of every
-    slot (:func:`decode_moves`) and the number of places before every slot.
+def _move_state(tok: Tensor, back: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Move tokens ``(B, T)`` read slot by slot: ``(invalid, z, n, before)``, whether each token is
+    one that :func:`encode_moves` never emits given the slots before it, the place (pattern label)
+    of every slot (:func:`decode_moves`), the number of places before every slot and the place held
+    before the one at slot t − 1 (−1: none yet).
 
     Slot 0 is place 0 whatever its token; a ``RETURN_k`` to a place not reached yet (k ≥ the places
-    so far) is a new place, one to the current place a stay."""
+    so far) is a new place, one to the current place a stay; with ``back``, ``BACK`` returns to the
+    place before the current one (a new place where there is none), and a ``RETURN_k`` to that
+    place is invalid (the encoding says ``BACK``)."""
     B, T = tok.shape
     invalid = torch.zeros((B, T), dtype=torch.bool, device=tok.device)
     z = torch.zeros((B, T), dtype=torch.long, device=tok.device)
     n_at = torch.zeros((B, T), dtype=torch.long, device=tok.device)
+    before_at = torch.full((B, T), -1, dtype=torch.long, device=tok.device)
     if T == 0:
-        return invalid, z, n_at
+        return invalid, z, n_at, before_at
     invalid[:, 0] = tok[:, 0] != NEW
     cur = torch.zeros(B, dtype=torch.long, device=tok.device)  # the place at slot t - 1
+    before = torch.full((B,), -1, dtype=torch.long, device=tok.device)  # the place held before cur
     n = torch.ones(B, dtype=torch.long, device=tok.device)  # places so far
     for t in range(1, T):
-        n_at[:, t] = n
+        n_at[:, t], before_at[:, t] = n, before
         k = tok[:, t] - 2
-        is_ret = tok[:, t] >= 2
-        invalid[:, t] = is_ret & ((k >= n) | (k == cur))
+        is_back = (tok[:, t] == back_token(T)) if back else torch.zeros_like(invalid[:, t])
+        is_ret = (tok[:, t] >= 2) & ~is_back
+        invalid[:, t] = (is_ret & ((k >= n) | (k == cur) | (k == before))) if back else (
+            is_ret & ((k >= n) | (k == cur)))
+        invalid[:, t] |= is_back & (before < 0)
         ret = is_ret & (k < n) & (k != cur)
-        new = (tok[:, t] == NEW) | (is_ret & (k >= n))
-        cur = torch.where(ret, k, torch.where(new, n, cur))
+        went_back = is_back & (before >= 0)
+        new = (tok[:, t] == NEW) | (is_ret & (k >= n)) | (is_back & (before < 0))
+        nxt = torch.where(ret, k, torch.where(went_back, before, torch.where(new, n, cur)))
+        before = torch.where(nxt != cur, cur, before)
+        cur = nxt
         n = n + new.long()
         z[:, t] = cur
-    return invalid, z, n_at
+    return invalid, z, n_at, before_at
 
 
-def invalid_moves(tokens: Tensor) -> Tensor:
+def invalid_moves(tokens: Tensor, *, back: bool = False) -> Tensor:
     """``(B, T)`` bool: the move tokens that no real day holds given the slots before them (slot 0
-    not ``NEW``; a ``RETURN_k`` to a place not reached yet or to the current place). A row has none
+    not ``NEW``; a ``RETURN_k`` to a place not reached yet or to the current place; with ``back``,
+    a ``RETURN_k`` to the place before the current one, or a ``BACK`` with none). A row has none
     exactly when ``encode_moves(decode_moves(row)) == row``."""
-    return _move_state(tokens.long())[0]
+    return _move_state(tokens.long(), back)[0]
 
 
-def valid_move_mask(tokens: Tensor, slot: Tensor, num_symbols: int) -> Tensor:
+def valid_move_mask(tokens: Tensor, slot: Tensor, num_symbols: int, *, back: bool = False) -> Tensor:
     """``(B, num_symbols)`` bool: the tokens that are valid at ``slot (B,)`` of each row given the
     row's slots before it: ``NEW``, and for a slot after the first ``STAY`` and the returns to the
-    places reached before it other than the current one."""
-    _, z, n_at = _move_state(tokens.long())
+    places reached before it other than the current one (with ``back``: other than the place
+    before it too, which is ``BACK``, valid where there is such a place)."""
+    _, z, n_at, before_at = _move_state(tokens.long(), back)
     rows = torch.arange(tokens.shape[0], device=tokens.device)
-    cur, n = z[rows, (slot - 1).clamp(min=0)], n_at[rows, slot]  # (B,): the place before the slot
+    # (B,): the place at slot − 1, the places so far and the place held before it (slots before only)
+    cur, n, before = z[rows, (slot - 1).clamp(min=0)], n_at[rows, slot], before_at[rows, slot]
+    T = tokens.shape[1]
     sym = torch.arange(num_symbols, device=tokens.device)[None, :]  # (1, V)
     k = sym - 2
-    ok = (sym == NEW) | ((sym == STAY) & (slot[:, None] > 0))
-    return ok | ((sym >= 2) & (k < n[:, None]) & (k != cur[:, None]) & (slot[:, None] > 0))
+    later = slot[:, None] > 0
+    ok = (sym == NEW) | ((sym == STAY) & later)
+    is_ret = (sym >= 2) & (sym != back_token(T)) if back else sym >= 2
+    ret_ok = is_ret & (k < n[:, None]) & (k != cur[:, None]) & later
+    if back:
+        ret_ok &= k != before[:, None]
+        ok |= (sym == back_token(T)) & (before[:, None] >= 0) & later
+    return ok | ret_ok
 
 
-def _draw_valid(logits: Tensor, x: Tensor, slot: Tensor, generator: torch.Generator | None) -> Tensor:
+def _draw_valid(logits: Tensor, x: Tensor, slot: Tensor, generator: torch.Generator | None,
+                back: bool = False) -> Tensor:
     """One token per row from ``softmax(logits (R, V))`` restricted to the moves valid at ``slot (R,)``
     after the row's prefix in ``x`` (:func:`valid_move_mask`)."""
     logits = logits.float()
-    allowed = valid_move_mask(x, slot, logits.shape[-1])
+    allowed = valid_move_mask(x, slot, logits.shape[-1], back=back)
     probs = torch.softmax(logits.masked_fill(~allowed, -math.inf), dim=-1)
     gen_device = generator.device if generator is not None else probs.device
     return torch.multinomial(probs.to(gen_device), 1, generator=generator).squeeze(-1)
 
 
 def redraw_invalid_moves(tokens: Tensor, logits_fn: Any, mask_id: int, *,
-                         generator: torch.Generator | None = None, max_rounds: int | None = None) -> Tensor:
+                         generator: torch.Generator | None = None, max_rounds: int | None = None,
+                         back: bool = False) -> Tensor:
     """Move tokens ``(B, T)`` with every invalid token (:func:`invalid_moves`) redrawn.
 
     Round by round, the first invalid slot of each row that has one is masked and drawn again from
@@ -246,7 +293,7 @@ def redraw_invalid_moves(tokens: Tensor, logits_fn: Any, mask_id: int, *,
     tok = tokens.long().clone()
     B, T = tok.shape
     for _ in range(T if max_rounds is None else max_rounds):
-        bad = invalid_moves(tok)
+        bad = invalid_moves(tok, back=back)
         todo = bad.any(dim=1).nonzero().squeeze(-1)  # (R,)
         if not todo.numel():
             break
@@ -254,12 +301,12 @@ def redraw_invalid_moves(tokens: Tensor, logits_fn: Any, mask_id: int, *,
         x = tok[todo].clone()
         x[torch.arange(todo.numel(), device=x.device), slot] = mask_id
         flat = torch.arange(todo.numel(), device=x.device) * T + slot
-        tok[todo, slot] = _draw_valid(logits_fn(x, flat), x, slot, generator).to(tok.device)
+        tok[todo, slot] = _draw_valid(logits_fn(x, flat), x, slot, generator, back).to(tok.device)
     return tok
 
 
 def gibbs_moves(tokens: Tensor, logits_fn: Any, mask_id: int, sweeps: int, *,
-                generator: torch.Generator | None = None) -> Tensor:
+                generator: torch.Generator | None = None, back: bool = False) -> Tensor:
     """Move tokens ``(B, T)`` after ``sweeps`` Gibbs sweeps of the network's conditionals.
 
     Each sweep visits the slots in a random order; at slot t every row's token is masked and drawn
@@ -278,7 +325,7 @@ def gibbs_moves(tokens: Tensor, logits_fn: Any, mask_id: int, sweeps: int, *,
             x = tok.clone()
             x[:, t] = mask_id
             slot = torch.full((B,), t, dtype=torch.long, device=tok.device)
-            tok[:, t] = _draw_valid(logits_fn(x, rows * T + t), x, slot, generator).to(tok.device)
+            tok[:, t] = _draw_valid(logits_fn(x, rows * T + t), x, slot, generator, back).to(tok.device)
     return tok
 
 

@@ -33,6 +33,7 @@ from mstdiff.diffusion.location import LocationConfig, make_location_process
 from mstdiff.errors import InputError
 from mstdiff.io import atomic_dir, run_meta, write_json
 from mstdiff.models.day_pattern import (
+    MOVE_TOKENS,
     DayPatternConfig,
     StationAssigner,
     gibbs_moves,
@@ -170,7 +171,7 @@ class MSTDiff:
                                  on_step=on_step, impute=impute, guide=guide, w0_clip=self.traffic_clip())
         l0_tok = out.l0
         pattern = self.config.pattern
-        if self.assigner is not None and pattern.tokens == "moves" and (pattern.redraw_invalid
+        if self.assigner is not None and pattern.tokens in MOVE_TOKENS and (pattern.redraw_invalid
                                                                         or pattern.gibbs_sweeps):
             l0_tok = self._correct_moves(l0_tok, generator)
         l0 = l0_tok.cpu().numpy().astype(np.int32)
@@ -214,8 +215,9 @@ class MSTDiff:
         try:
             if self.config.pattern.gibbs_sweeps:
                 tokens = gibbs_moves(tokens, logits_fn, int(mask_id), self.config.pattern.gibbs_sweeps,
-                                     generator=generator)
-            return redraw_invalid_moves(tokens, logits_fn, int(mask_id), generator=generator)
+                                     generator=generator, back=self.config.pattern.back)
+            return redraw_invalid_moves(tokens, logits_fn, int(mask_id), generator=generator,
+                                        back=self.config.pattern.back)
         finally:
             self.denoiser.train(was_training)
 
