@@ -13,7 +13,9 @@ median / p90 jump, and stations used.
         --name final3 --set model.denoiser.final_layers=3 --gen-seeds 0,1,2
 
 A trained variant (``OUT/NAME/train/model.pt``) is not trained again: a second call with other
-``--gen-seeds`` only generates and evaluates.
+``--gen-seeds`` only generates and evaluates. ``--refit-assigner`` fits the station assigner again
+on the training part with the config's ``model.pattern`` (after ``--set``): assigner options
+(``kernel``, ``move_smoothing``, ``floor``, ...) compared on one trained network.
 
 Writes ``OUT/NAME/`` (the trained model, the generated set, ``summary.json``). One heavy job:
 run nothing else on a 2-core machine meanwhile.
@@ -68,6 +70,8 @@ def main() -> None:
     ap.add_argument("--gen-seeds", type=lambda v: [int(x) for x in v.split(",")], default=None,
                     metavar="S,S,...", help="generation seeds (default: the config's); with several, "
                     "one row per seed and their mean and sd: one draw cannot separate close variants")
+    ap.add_argument("--refit-assigner", action="store_true",
+                    help="fit the station assigner again with the config's model.pattern (no training)")
     args = ap.parse_args()
     set_threads(args.threads)
     cfg = load_run_config(args.config, args.overrides)
@@ -86,6 +90,11 @@ def main() -> None:
                       station_embeddings=emb, resume=True)
     train_s = time.perf_counter() - t0
     model = MSTDiff.load(out / "train").with_sampling(**cfg.generate.sampling)
+    if args.refit_assigner:
+        t1 = time.perf_counter()
+        options = {k: getattr(cfg.model.pattern, k) for k in MSTDiff.ASSIGNER_FIELDS}
+        model = model.refit_assigner(train, **options)
+        print(f"assigner refitted in {time.perf_counter() - t1:.1f} s: {cfg.model.pattern}")
     seeds = args.gen_seeds or [cfg.generate.seed]
     sets: dict[str, PreparedDataset] = {}
     t0 = time.perf_counter()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,7 +13,6 @@ from mstdiff.errors import InputError
 from mstdiff.models.day_pattern import (
     ROLE_EDGES,
     DayPatternConfig,
-    StationAssigner,
     day_patterns,
     decode_moves,
     encode_moves,
@@ -233,149 +231,6 @@ def test_permuted_labels_are_spread_over_all_symbols():
     assert (share - 1 / 8).abs().max() < 0.02
     with pytest.raises(ValueError):
         permute_labels(torch.zeros(2, 9, dtype=torch.long), 8, torch.Generator())
-
-
-# ----------------------------------------------------------------------------- the assigner
-
-
-def _days(seed=0, U=200, T=12, N=25):
-    """Random days of stays: each day a few places, each held for a few slots."""
-    rng = np.random.default_rng(seed)
-    out = np.empty((U, T), dtype=np.int64)
-    for u in range(U):
-        t, here = 0, int(rng.integers(N))
-        while t < T:
-            d = int(rng.integers(1, 5))
-            out[u, t:t + d] = here
-            t += d
-            here = int(rng.integers(N)) if rng.random() < 0.7 else int(out[u, 0])
-    return out
-
-
-def _coords(N, seed=0):
-    rng = np.random.default_rng(seed)
-    return np.stack([31.0 + rng.random(N) * 0.2, 121.0 + rng.random(N) * 0.2], axis=1)
-
-
-def test_assigned_stations_realise_the_pattern():
-    loc = _days()
-    a = StationAssigner.fit(loc, 25, DayPatternConfig(enabled=True), coords=_coords(25))
-    z = day_patterns(_days(seed=1, U=60))
-    s = a.assign(z, np.random.default_rng(0))
-    assert s.dtype == np.int32 and s.min() >= 0 and s.max() < 25
-    np.testing.assert_array_equal(day_patterns(s), z)  # distinct labels get distinct stations
-    np.testing.assert_array_equal(s, a.assign(z, np.random.default_rng(0)))  # same seed, same draw
-    assert not np.array_equal(s, a.assign(z, np.random.default_rng(1)))
-
-
-def _dense_oracle(a: StationAssigner, loc, i, t, role, banned, lam, floor, coords, k):
-    """The module docstring's formula with dense vectors over all stations."""
-    N, T = a.N, loc.shape[1]
-    z = patterns_oracle(loc)
-    Ct, C = np.zeros(N), np.zeros(N)
-    for u in range(loc.shape[0]):
-        for s in range(1, T):
-            if z[u, s] > z[u, :s].max() and loc[u, s - 1] == i:
-                C[loc[u, s]] += 1
-                if s == t:
-                    Ct[loc[u, s]] += 1
-    f = np.zeros(N)
-    for u in range(loc.shape[0]):
-        for s in range(1, T):
-            if z[u, s] > z[u, :s].max():
-                f[loc[u, s]] += 1
-    scale = np.cos(np.deg2rad(np.median(coords[:, 0])))
-    xy = np.stack([coords[:, 0] * 111.2, coords[:, 1] * 111.2 * scale], 1)
-    near = np.argsort(np.hypot(*(xy - xy[i]).T), kind="stable")[:k]
-    K = np.zeros(N)
-    K[near] = f[near] + floor * f.mean()
-    for v in (Ct, C, K):
-        v[banned] = 0
-    K = K / K.sum()
-    q = (C + lam * K) / (C.sum() + lam)
-    p = (Ct + lam * q) / (Ct.sum() + lam) * a.role_weight[:, role]
-    return p
-
-
-@pytest.mark.parametrize("t", [1, 4, 9])
-def test_candidates_equal_the_dense_formula(t):
-    loc, coords = _days(seed=2), _coords(25, seed=2)
-    cfg = DayPatternConfig(enabled=True, move_smoothing=0.7, neighbours=6, floor=0.1)
-    a = StationAssigner.fit(loc, 25, cfg, coords=coords)
-    rng = np.random.default_rng(t)
-    for _ in range(5):
-        i, role = int(rng.integers(25)), int(rng.integers(len(ROLE_EDGES) * 2))
-        banned = rng.choice(25, 3, replace=False)
-        banned = banned[banned != i]
-        d, p = a.candidates(i, t, role, np.append(banned, i))
-        got = np.bincount(d, weights=p, minlength=25)
-        want = _dense_oracle(a, loc, i, t, role, np.append(banned, i), 0.7, 0.1, coords, 6)
-        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
-
-
-def test_role_weights_average_to_one_over_the_roles():
-    loc = _days(seed=3)
-    a = StationAssigner.fit(loc, 25, DayPatternConfig(enabled=True, role_smoothing=0.5), coords=_coords(25))
-    z = day_patterns(loc)
-    r = label_roles(z)
-    share = np.bincount(r[r >= 0], minlength=a.role_weight.shape[1]) / (r >= 0).sum()
-    # Σ_r P(r) ρ_j(r) = 1 for every station: ρ reweights the roles, it does not favour a station
-    np.testing.assert_allclose(a.role_weight @ share, 1.0, rtol=1e-9)
-
-
-def test_a_deterministic_route_is_reproduced_in_the_limit_of_no_smoothing():
-    T = 6
-    loc = np.tile(np.array([3, 3, 7, 7, 1, 1]), (50, 1))
-    cfg = DayPatternConfig(enabled=True, move_smoothing=1e-9, role_smoothing=1e-9)
-    a = StationAssigner.fit(loc, 10, cfg, coords=_coords(10))
-    s = a.assign(day_patterns(loc[:20]), np.random.default_rng(0))
-    np.testing.assert_array_equal(s, loc[:20])
-    assert a.T == T
-
-
-def test_the_state_round_trips_and_holds_only_tensors():
-    loc = _days(seed=4)
-    cfg = DayPatternConfig(enabled=True)
-    a = StationAssigner.fit(loc, 25, cfg, coords=_coords(25))
-    state = a.to_state()
-    assert all(isinstance(v, torch.Tensor | int) for v in state.values())
-    b = StationAssigner.from_state(state, cfg)
-    z = day_patterns(_days(seed=5, U=30))
-    np.testing.assert_array_equal(a.assign(z, np.random.default_rng(3)),
-                                  b.assign(z, np.random.default_rng(3)))
-    with pytest.raises(InputError, match="lacks"):
-        StationAssigner.from_state({k: v for k, v in state.items() if k != "pi"}, cfg)
-
-
-def test_without_coordinates_the_kernel_is_the_graph_neighbourhood():
-    loc = _days(seed=6)
-    N = 25
-    rows = np.repeat(np.arange(N), 2)
-    cols = np.stack([(np.arange(N) + 1) % N, (np.arange(N) - 1) % N], 1).ravel()
-    g = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(N, N))
-    a = StationAssigner.fit(loc, N, DayPatternConfig(enabled=True), graph=g)
-    assert sorted(a._kernel(5).tolist()) == [4, 6]
-    z = day_patterns(_days(seed=7, U=20))
-    np.testing.assert_array_equal(day_patterns(a.assign(z, np.random.default_rng(0))), z)
-    with pytest.raises(InputError, match="no coordinates"):
-        StationAssigner.fit(loc, N, DayPatternConfig(enabled=True))
-
-
-def test_a_pattern_with_more_places_than_stations_still_gets_stations():
-    a = StationAssigner.fit(_days(N=5, T=12), 5, DayPatternConfig(enabled=True), coords=_coords(5))
-    z = np.arange(12)[None, :]  # twelve places, five stations
-    s = a.assign(z, np.random.default_rng(0))
-    assert s.min() >= 0 and s.max() < 5 and len(set(s[0, :5].tolist())) == 5
-
-
-def test_bad_input_is_an_input_error():
-    with pytest.raises(InputError, match="outside"):
-        StationAssigner.fit(np.array([[0, 30]]), 25, DayPatternConfig(enabled=True), coords=_coords(25))
-    a = StationAssigner.fit(_days(), 25, DayPatternConfig(enabled=True), coords=_coords(25))
-    with pytest.raises(InputError, match="T = 5"):
-        a.assign(np.zeros((2, 5), dtype=np.int64), np.random.default_rng(0))
-    with pytest.raises(InputError, match="below T"):
-        DayPatternConfig(enabled=True, tokens="labels", labels=8).validate_for(12)
 
 
 # ------------------------------------------------------------------ tokens "moves_back"

@@ -1,9 +1,11 @@
 """MSTDiff training and sampling: determinism, exact resume, learning, generation format."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from mstdiff.data.dataset import PreparedDataset
 from mstdiff.data.synthetic import synthetic_city
 from mstdiff.diffusion.discrete import GraphTransition
 from mstdiff.diffusion.gaussian import GaussianConfig
@@ -430,6 +432,40 @@ def test_a_move_pattern_model_redraws_its_invalid_tokens_on_request(city, tmp_pa
     g = generate(swept, traj, 4, tmp_path / "g", seed=0, batch_size=4, progress=False)
     assert g.meta["generation"]["sampling"]["gibbs_sweeps"] == 1  # the set says how it was drawn
     assert g.meta["generation"]["sampling"]["redraw_invalid"] is False
+
+
+def test_a_pattern_model_refits_its_assigner_without_training(city, tmp_path, monkeypatch):
+    traj = _no_traffic(city)
+    train_mstdiff(traj, traj.subset(np.arange(8)), discrete=None, vqvae=None,
+                  model_config=_pattern_config("moves"), train_config=train_config(epochs=1),
+                  out_dir=tmp_path / "m")
+    model = MSTDiff.load(tmp_path / "m")
+    assert model.config.pattern.kernel == "nearest"
+    grav = model.refit_assigner(traj, kernel="gravity", move_smoothing=1.0)
+    assert grav.denoiser is model.denoiser and grav.assigner is not model.assigner
+    assert grav.config.pattern.kernel == "gravity" and grav.config.pattern.move_smoothing == 1.0
+    assert grav.assigner.gravity_h.size and not model.assigner.gravity_h.size
+    # the network draws the same patterns; only their stations change
+    drawn = []
+    for m in (model, grav):
+        real_assign = m.assigner.assign
+        monkeypatch.setattr(m.assigner, "assign", lambda z, rng, f=real_assign: drawn.append(z) or f(z, rng))
+    _, a = model.sample(12, generator=torch.Generator().manual_seed(0))
+    _, b = grav.sample(12, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(drawn[0], drawn[1])
+    assert not np.array_equal(a, b)
+    grav.save(tmp_path / "g.pt", transition_path=None, meta={})
+    again = MSTDiff.load(tmp_path / "g.pt")  # the refitted assigner is saved with the model
+    np.testing.assert_array_equal(again.assigner.gravity_h, grav.assigner.gravity_h)
+    with pytest.raises(InputError, match="not options of the station assigner"):
+        model.refit_assigner(traj, tokens="labels")
+    with pytest.raises(InputError, match="kernel"):
+        model.refit_assigner(traj, kernel="far")
+    extra = traj.stations.iloc[:1].assign(station_id=-1)  # another station table: one station more
+    table = pd.concat([traj.stations, extra], ignore_index=True)
+    other = PreparedDataset(traj.traffic, traj.locations, table, traj.samples, dict(traj.meta))
+    with pytest.raises(InputError, match="stations"):
+        model.refit_assigner(other)
 
 
 def test_pattern_training_maps_the_labels_afresh_every_epoch_and_resumes_exactly(city, tmp_path, monkeypatch):

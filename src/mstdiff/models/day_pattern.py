@@ -30,24 +30,8 @@ On the GeoLife validation share the moves made the day's structure far closer to
 labels (after 12 epochs, duration 3.4× / I-rank 0.9× the floor against 5.1× / 6.1×; README,
 "Day patterns").
 
-:class:`StationAssigner` then draws the stations of a pattern, label by label in time order, from
-counts of the training days (the knowledge a first-order Markov chain has, conditioned on what the
-pattern says of each place):
-
-* the first label: ``p(j) ∝ π(j) ρ_j(r)``, ``π`` the share of training days starting at j;
-* a new label at slot t, after station i at slot t−1, with the day's stations so far B banned::
-
-      p(j) ∝ ρ_j(r) · (C_t[i, j] + λ q_i(j)) / (n_t(i) + λ),
-      q_i(j) = (C[i, j] + λ K_i(j)) / (n(i) + λ),
-
-  ``C_t[i, j]`` the training moves from i at slot t to a station j *new to that day* (``C`` over
-  all slots; ``n_t``, ``n`` row sums; banned columns removed first); ``K_i`` a back-off kernel
-  over the ``neighbours`` stations nearest to i on the map (∝ ``f_j + ε·mean f``, f the first-visit
-  arrivals), or over the transition graph's neighbours of i without coordinates;
-* the role ``r`` of a label = its class of slots in the day (1, 2, 3–4, 5–8, 9–16, 17+) × whether
-  the day comes back to it; ``ρ_j(r) = (c_j(r) + α P(r)) / ((c_j + α) P(r))`` says how much more
-  often station j plays role r than stations on average (α = ``role_smoothing``): the places of
-  long stays and returns are the popular ones (home, work), the one-slot cells of a trip are not.
+:class:`mstdiff.models.station_assigner.StationAssigner` then draws the stations of a pattern, label
+by label in time order, from counts of the training days (its module docstring has the formula).
 """
 
 from __future__ import annotations
@@ -58,13 +42,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
 from torch import Tensor
 
 from mstdiff.config import Check, ge, gt, one_of
 from mstdiff.errors import InputError
 
-__all__ = ["DayPatternConfig", "StationAssigner", "back_token", "day_patterns", "decode_moves",
+__all__ = ["DayPatternConfig", "back_token", "day_patterns", "decode_moves",
            "encode_moves",
            "gibbs_moves", "invalid_moves", "label_roles", "permute_labels", "redraw_invalid_moves",
            "valid_move_mask",
@@ -72,6 +55,7 @@ __all__ = ["DayPatternConfig", "StationAssigner", "back_token", "day_patterns", 
 
 STAY, NEW = 0, 1  # move tokens; 2 + k: RETURN to the day's k-th place
 TOKENS = ("moves", "moves_back", "labels")
+KERNELS = ("nearest", "gravity")
 MOVE_TOKENS = ("moves", "moves_back")
 
 
@@ -89,8 +73,8 @@ class DayPatternConfig:
     """``model.pattern``: diffuse the day's pattern, then draw its stations (module docstring)."""
 
     CHECKS: ClassVar[dict[str, Check]] = {
-        "tokens": one_of(*TOKENS), "labels": ge(2), "role_smoothing": gt(0), "move_smoothing": gt(0),
-        "neighbours": ge(1), "floor": ge(0), "gibbs_sweeps": ge(0),
+        "tokens": one_of(*TOKENS), "kernel": one_of(*KERNELS), "labels": ge(2), "role_smoothing": gt(0),
+        "move_smoothing": gt(0), "neighbours": ge(1), "floor": ge(0), "gibbs_sweeps": ge(0),
     }
     # fields that only change how a trained model samples (``--sample redraw_invalid=true``)
     SAMPLING: ClassVar[tuple[str, ...]] = ("redraw_invalid", "gibbs_sweeps")
@@ -100,7 +84,12 @@ class DayPatternConfig:
     labels: int = 256  # tokens "labels": P symbols (≥ T; with the copy head's table_new, > T)
     role_smoothing: float = 0.5  # α: pseudo-count of the average role mix in every station's ρ_j
     move_smoothing: float = 0.3  # λ: pseudo-count of each back-off (slot → all slots → kernel)
-    neighbours: int = 64  # stations of the back-off kernel K_i (nearest on the map)
+    # the back-off kernel K_i of the assigner (mstdiff.models.station_assigner): "nearest", the
+    # ``neighbours`` stations nearest to i on the map; "gravity", every station, by its popularity
+    # in the label's role × a profile of the move's length fitted to the training moves (needs
+    # station coordinates)
+    kernel: str = "nearest"
+    neighbours: int = 64  # kernel "nearest": stations of K_i (nearest on the map)
     floor: float = 0.05  # ε: a kernel station never visited first weighs ε × the mean arrivals
     # sampling, tokens "moves": redraw every token that no real day can hold (a RETURN to a place the
     # day has not reached, or to the place it is at; slot 0 not NEW) from the network's law given the
@@ -354,190 +343,3 @@ def permute_labels(labels: Tensor, num_labels: int, generator: torch.Generator) 
     keys = torch.rand(B, num_labels, generator=generator, device=generator.device)
     perm = keys.argsort(dim=1)[:, :T].to(labels.device)
     return perm.gather(1, labels.long())
-
-
-# ----------------------------------------------------------------------------- stations
-
-
-def _sorted_counts(key: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct ``(key, dst)`` pairs sorted by key, with their counts."""
-    pair = np.stack([key, dst.astype(np.int64)], axis=1)
-    uniq, counts = np.unique(pair, axis=0, return_counts=True)  # lexicographic: by key, then dst
-    return uniq[:, 0].copy(), uniq[:, 1].copy(), counts.astype(np.float64)
-
-
-class StationAssigner:
-    """Draws the stations of day patterns from training counts (module docstring)."""
-
-    def __init__(self, state: dict[str, Any], config: DayPatternConfig) -> None:
-        self.config = config
-        self.state = state
-        self.N = int(state["n_stations"])
-        self.T = int(state["T"])
-        self.pi = np.asarray(state["pi"], dtype=np.float64)
-        self.arrivals = np.asarray(state["arrivals"], dtype=np.float64)
-        self.role_weight = np.asarray(state["role_weight"], dtype=np.float64)
-        self.slot_key, self.slot_dst, self.slot_cnt = (np.asarray(state[k]) for k in
-                                                       ("slot_key", "slot_dst", "slot_cnt"))
-        self.all_key, self.all_dst, self.all_cnt = (np.asarray(state[k]) for k in
-                                                    ("all_key", "all_dst", "all_cnt"))
-        xy = np.asarray(state["xy"], dtype=np.float64)
-        self._tree = cKDTree(xy) if xy.size else None
-        self._xy = xy
-        self.kernel_idx = np.asarray(state.get("kernel_idx", np.zeros((0, 0), np.int64)))
-
-    # --------------------------------------------------------------- fitting
-    @classmethod
-    def fit(cls, locations: np.ndarray, n_stations: int, config: DayPatternConfig, *,
-            coords: np.ndarray | None = None, graph: Any = None) -> StationAssigner:
-        """Count the training days ``locations (U, T)``; ``coords (N, 2)`` (lat, lon) for the
-        back-off kernel, else the neighbours of ``graph`` (a CSR matrix over the stations)."""
-        loc = np.asarray(locations, dtype=np.int64)
-        U, T = loc.shape
-        N = int(n_stations)
-        if U == 0:
-            raise InputError("the training set is empty", where="model.pattern")
-        if loc.min() < 0 or loc.max() >= N:
-            raise InputError(f"station ids outside 0..{N - 1}", where="model.pattern")
-        z = day_patterns(loc)
-        seen = np.maximum.accumulate(z, axis=1)
-        new = np.zeros((U, T), dtype=bool)
-        new[:, 1:] = z[:, 1:] > seen[:, :-1]  # slot t enters a station new to the day
-        uu, tt = np.nonzero(new)
-        src, dst = loc[uu, tt - 1], loc[uu, tt]
-        slot_key, slot_dst, slot_cnt = _sorted_counts((tt - 1).astype(np.int64) * N + src, dst)
-        all_key, all_dst, all_cnt = _sorted_counts(src, dst)
-        pi = np.bincount(loc[:, 0], minlength=N).astype(np.float64)
-        arrivals = np.bincount(dst, minlength=N).astype(np.float64)
-        # role counts: every (day, label) once, at the label's station
-        roles = label_roles(z)
-        label_station = np.full((U, T), -1, dtype=np.int64)
-        label_station[np.arange(U)[:, None], z] = loc  # every slot of a label holds its station
-        du, dk = np.nonzero(roles >= 0)
-        station = label_station[du, dk]
-        c = np.zeros((N, N_ROLES))
-        np.add.at(c, (station, roles[du, dk]), 1.0)
-        share = c.sum(0) / c.sum()
-        a = config.role_smoothing
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rho = np.where(share > 0, (c + a * share) / ((c.sum(1, keepdims=True) + a) * share), 0.0)
-        state: dict[str, Any] = {
-            "n_stations": N, "T": T, "pi": pi / pi.sum(), "arrivals": arrivals, "role_weight": rho,
-            "slot_key": slot_key, "slot_dst": slot_dst, "slot_cnt": slot_cnt,
-            "all_key": all_key, "all_dst": all_dst, "all_cnt": all_cnt,
-        }
-        if coords is not None and np.isfinite(coords).all() and np.ptp(coords, axis=0).max() > 0:
-            c0 = np.asarray(coords, dtype=np.float64)
-            scale = np.cos(np.deg2rad(np.median(c0[:, 0])))
-            state["xy"] = np.stack([c0[:, 0] * KM_PER_DEGREE, c0[:, 1] * KM_PER_DEGREE * scale], axis=1)
-        else:
-            state["xy"] = np.zeros((0, 2))
-            if graph is None:
-                raise InputError("the stations have no coordinates and no transition graph is given",
-                                 where="model.pattern",
-                                 fix="give the stations lat / lon, or build the transition "
-                                     "(`mstdiff kg transition`)")
-            g = graph.tocsr()
-            k = min(config.neighbours, max(int(np.diff(g.indptr).max()), 1))
-            idx = np.full((N, k), -1, dtype=np.int64)
-            for i in range(N):
-                row = g.indices[g.indptr[i]:g.indptr[i + 1]][:k]
-                idx[i, :row.size] = row
-            state["kernel_idx"] = idx
-        return cls(state, config)
-
-    # --------------------------------------------------------------- state
-    def to_state(self) -> dict[str, Tensor | int]:
-        """Tensors and ints only (a model file holds no pickled objects)."""
-        out: dict[str, Tensor | int] = {}
-        for k, v in self.state.items():
-            out[k] = v if isinstance(v, int) else torch.from_numpy(np.ascontiguousarray(v))
-        return out
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any], config: DayPatternConfig) -> StationAssigner:
-        need = {"n_stations", "T", "pi", "arrivals", "role_weight", "slot_key", "slot_dst", "slot_cnt",
-                "all_key", "all_dst", "all_cnt", "xy"}
-        missing = sorted(need - set(state))
-        if missing:
-            raise InputError(f"the station assigner lacks {missing}", where="model file",
-                             fix="re-train the model with this version")
-        return cls({k: (v.numpy() if isinstance(v, Tensor) else v) for k, v in state.items()}, config)
-
-    # --------------------------------------------------------------- drawing
-    @property
-    def n_stations(self) -> int:
-        return self.N
-
-    @staticmethod
-    def _row(key: np.ndarray, dst: np.ndarray, cnt: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        a, b = np.searchsorted(key, [k, k + 1])
-        return dst[a:b], cnt[a:b]
-
-    def _kernel(self, i: int) -> np.ndarray:
-        if self._tree is not None:
-            k = min(self.config.neighbours, self.N)
-            _, j = self._tree.query(self._xy[i], k)
-            return np.atleast_1d(np.asarray(j, dtype=np.int64))
-        row = self.kernel_idx[i]
-        return row[row >= 0]
-
-    def candidates(self, i: int, t: int, role: int, banned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Stations and their (unnormalised) probabilities for a new label of ``role`` entered at
-        slot ``t ≥ 1`` from station ``i``, ``banned`` excluded; a station may appear more than once
-        (its probability is the sum)."""
-        lam = self.config.move_smoothing
-        d1, c1 = self._row(self.slot_key, self.slot_dst, self.slot_cnt, (t - 1) * self.N + i)
-        d2, c2 = self._row(self.all_key, self.all_dst, self.all_cnt, i)
-        d3 = self._kernel(i)
-        f = self.arrivals
-        c3 = f[d3] + self.config.floor * max(f.mean(), 1e-12)
-        keep1, keep2, keep3 = (~np.isin(d, banned) for d in (d1, d2, d3))
-        d1, c1, d2, c2, d3, c3 = d1[keep1], c1[keep1], d2[keep2], c2[keep2], d3[keep3], c3[keep3]
-        n1, n2, n3 = c1.sum(), c2.sum(), c3.sum()
-        w1 = 1.0 / (n1 + lam)
-        w2 = lam / (n1 + lam) / (n2 + lam)
-        w3 = lam / (n1 + lam) * lam / (n2 + lam) / n3 if n3 > 0 else 0.0
-        d = np.concatenate([d1, d2, d3])
-        p = np.concatenate([c1 * w1, c2 * w2, c3 * w3]) * self.role_weight[d, role]
-        return d, p
-
-    def _fallback(self, role: int, banned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """All stations by first-visit arrivals × role weight, then uniformly, ``banned`` excluded
-        (unless a pattern has more places than there are stations: then a place is reused)."""
-        p = self.arrivals * self.role_weight[:, role]
-        p[banned] = 0.0
-        if p.sum() <= 0:
-            p = np.ones(self.N)
-            if banned.size < self.N:
-                p[banned] = 0.0
-        return np.arange(self.N), p
-
-    def assign(self, patterns: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Stations ``(U, T)`` int32 for day patterns ``(U, T)`` (any labels: they are put in
-        first-appearance order first)."""
-        z = day_patterns(patterns)
-        U, T = z.shape
-        if T != self.T:
-            raise InputError(f"patterns have T = {T}, the assigner T = {self.T}", where="model.pattern")
-        roles = label_roles(z)
-        seen = np.maximum.accumulate(z, axis=1)
-        out = np.empty((U, T), dtype=np.int64)
-        first_p = self.pi[:, None] * self.role_weight  # (N, roles)
-        for u in range(U):
-            zu = z[u]
-            labels = np.empty(int(seen[u, -1]) + 1, dtype=np.int64)
-            # the first label
-            p = first_p[:, roles[u, 0]]
-            if p.sum() <= 0:
-                _, p = self._fallback(int(roles[u, 0]), np.zeros(0, np.int64))
-            labels[0] = rng.choice(self.N, p=p / p.sum())
-            for t in np.flatnonzero(zu[1:] > seen[u, :-1]) + 1:
-                k = int(zu[t])
-                banned = labels[:k]
-                d, p = self.candidates(int(labels[zu[t - 1]]), int(t), int(roles[u, k]), banned)
-                if p.size == 0 or p.sum() <= 0:
-                    d, p = self._fallback(int(roles[u, k]), banned)
-                labels[k] = d[rng.choice(d.size, p=p / p.sum())]
-            out[u] = labels[zu]
-        return out.astype(np.int32)

@@ -35,11 +35,11 @@ from mstdiff.io import atomic_dir, run_meta, write_json
 from mstdiff.models.day_pattern import (
     MOVE_TOKENS,
     DayPatternConfig,
-    StationAssigner,
     gibbs_moves,
     redraw_invalid_moves,
 )
 from mstdiff.models.denoiser import DenoiserConfig, MSTDiffDenoiser
+from mstdiff.models.station_assigner import StationAssigner
 from mstdiff.models.vqvae import VQVAE
 from mstdiff.models.wavelet import dwt, idwt
 from mstdiff.training.utils import (
@@ -151,6 +151,34 @@ class MSTDiff:
                              prefix="model.pattern.") if popts else self.config.pattern)
         config = dataclasses.replace(self.config, hybrid=hcfg, pattern=pattern)
         return MSTDiff(self.denoiser, hybrid, self.scaler, config, assigner=self.assigner)
+
+    ASSIGNER_FIELDS = ("kernel", "role_smoothing", "move_smoothing", "neighbours", "floor")
+
+    def refit_assigner(self, train: PreparedDataset, *, graph: Any = None, **options: Any) -> MSTDiff:
+        """This model with its station assigner fitted again on ``train`` with ``model.pattern``
+        options of the assigner (``kernel``, ``move_smoothing``, ...; the network and its tokens
+        unchanged, the weights shared): the assigner is counts of the training days, so another
+        kernel or smoothing needs no new training. ``graph``: the transition's rate matrix, for
+        stations without coordinates."""
+        if self.assigner is None:
+            raise InputError("this model draws its stations itself (model.pattern.enabled is false)",
+                             where="refit_assigner", fix="use a day-pattern model")
+        unknown = sorted(set(options) - set(self.ASSIGNER_FIELDS))
+        if unknown:
+            raise InputError(f"{unknown} are not options of the station assigner", where="refit_assigner",
+                             fix=f"use {list(self.ASSIGNER_FIELDS)}")
+        if train.n_stations != self.assigner.n_stations:
+            raise InputError(f"the data has {train.n_stations} stations, the model "
+                             f"{self.assigner.n_stations}", where="refit_assigner",
+                             fix="refit on the training split of this model's data")
+        pattern = from_dict(DayPatternConfig, {**to_dict(self.config.pattern), **options},
+                            where="refit_assigner", prefix="model.pattern.")
+        coords = station_coordinates(train)
+        assigner = StationAssigner.fit(np.asarray(train.locations), train.n_stations, pattern,
+                                       coords=None if coords is None else np.stack(coords, axis=1),
+                                       graph=graph)
+        config = dataclasses.replace(self.config, pattern=pattern)
+        return MSTDiff(self.denoiser, self.hybrid, self.scaler, config, assigner=assigner)
 
     @torch.no_grad()
     def sample(

@@ -42,12 +42,10 @@ from mstdiff.diffusion.hybrid import HybridDiffusion
 from mstdiff.diffusion.location import make_location_process
 from mstdiff.errors import InputError
 from mstdiff.io import atomic_dir, atomic_write_text, check_output_dir, run_meta, write_json
-from mstdiff.models.day_pattern import (
-    StationAssigner,
-    permute_labels,
-)
+from mstdiff.models.day_pattern import permute_labels
 from mstdiff.models.denoiser import MSTDiffDenoiser
 from mstdiff.models.losses import training_loss
+from mstdiff.models.station_assigner import StationAssigner
 from mstdiff.models.vqvae import VQVAE
 from mstdiff.models.wavelet import dwt
 from mstdiff.threads import set_threads
