@@ -297,7 +297,11 @@ class MSTDiff:
         if missing:
             raise InputError(f"MSTDiff model file without {missing}: written by an incompatible version",
                              where=str(path), fix="re-train it with this version (`mstdiff train`)")
-        config = from_dict(ModelConfig, payload["config"], where=f"{path}:config")
+        raw = payload["config"]
+        if isinstance(raw.get("pattern"), dict) and "kernel" not in raw["pattern"]:
+            # a file from before model.pattern.kernel: its assigner was fitted with the nearest kernel
+            raw = {**raw, "pattern": {**raw["pattern"], "kernel": "nearest"}}
+        config = from_dict(ModelConfig, raw, where=f"{path}:config")
         vqvae = None
         try:
             if payload["vqvae_config"] is not None:
