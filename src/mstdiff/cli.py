@@ -295,7 +295,7 @@ def train(train_dir: Path, val_dir: Path | None, transition: Path, vqvae: Path |
         model_config=cfg.model, train_config=cfg.train, out_dir=out,
         transition_path=os.path.abspath(tpath),
         station_embeddings=torch.from_numpy(np.load(embeddings)).float() if embeddings else None,
-        resume=resume,
+        resume=resume, calibration_sampling=cfg.generate.sampling,
     )
     if res.rank == 0:  # under torchrun: one summary, from the process that wrote the files
         procs = f" over {res.world_size} processes" if res.world_size > 1 else ""

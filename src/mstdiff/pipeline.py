@@ -412,6 +412,7 @@ def train_and_generate_mstdiff(config: RunConfig, out: Path, st: Stages, model_d
                 transition_path=(os.path.relpath(out / "transition" / "transition.pt", model_dir / "train")
                                  if graph else None),
                 station_embeddings=torch.from_numpy(emb).float() if emb is not None else None, resume=True,
+                calibration_sampling=config.generate.sampling,
             )
     gc = config.generate
     with _stage("generate", timings):

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from mstdiff.data.scaling import TrafficScaler
+from mstdiff.data.scaling import VALUE_LEVELS, TrafficScaler
+from mstdiff.errors import InputError
 
 
 def test_round_trip_and_zeros():
@@ -131,3 +132,85 @@ def test_model_range_is_where_the_training_series_lie():
     old = TrafficScaler.from_dict({k: v for k, v in sc.to_dict().items() if k != "train_max"})
     assert old.train_max is None
     assert float(old.continuous(np.float32(old.model_range()[1]))) == pytest.approx(2 * m.max(), rel=1e-4)
+
+
+def test_the_value_map_puts_active_slots_on_the_training_values_by_rank():
+    rng = np.random.default_rng(7)
+    m = rng.gamma(0.6, 8.0, (300, 24)) * (rng.random((300, 24)) < 0.3)  # MB-like: zeros and positives
+    sc = TrafficScaler.fit(m)
+    pos = m[m > 0]
+    want_q = (np.quantile(np.log1p(pos), VALUE_LEVELS) - sc.mean) / sc.std
+    np.testing.assert_allclose(sc.positive_quantiles, want_q)
+    # a model whose active slots come out too low: model-space values shifted down and squeezed
+    a = (rng.random((200, 24)) < 0.3).astype(np.int64)
+    x = np.where(a == 1, 0.5 * rng.normal(-0.3, 1.0, a.shape), -0.4).astype(np.float32)
+    before = sc.decode_with_activity(x, a)
+    cal = sc.calibrate_values(x[a == 1])
+    after = cal.decode_with_activity(x, a, generator=torch.Generator().manual_seed(0))
+    assert (after[a == 0] == 0).all() and (before[a == 0] == 0).all()
+    qs = [0.1, 0.25, 0.5, 0.75, 0.9]
+    want = np.quantile(pos, qs)
+    got, raw = np.quantile(after[a == 1], qs), np.quantile(before[a == 1], qs)
+    np.testing.assert_allclose(got, want, rtol=0.08)  # the training values' shares
+    assert np.abs(np.log(raw / want)).max() > 0.5  # what it corrects
+    order = np.argsort(x[a == 1], kind="stable")  # the order of the values is kept (ties: one value)
+    assert (np.diff(cal.decode_with_activity(x, a)[a == 1][order]) >= -1e-6).all()
+    again = cal.decode_with_activity(x, a, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(after, again)  # the same draws, the same values
+    back = TrafficScaler.from_dict(cal.to_dict())  # saved with the model
+    assert back == cal
+    np.testing.assert_array_equal(back.decode_with_activity(x, a, generator=torch.Generator().manual_seed(0)),
+                                  after)
+
+
+def test_the_value_map_keeps_minutes_between_the_atoms_and_needs_the_training_quantiles():
+    m = minutes_like(8)
+    sc = TrafficScaler.fit(m, upper=30.0)
+    inner = m[(m > 0) & (m < 30)]
+    assert sc.positive_quantiles[0] == pytest.approx((np.log1p(inner.min()) - sc.mean) / sc.std)
+    a = sc.activity(m)
+    x = np.random.default_rng(2).normal(0, 2, size=m.shape).astype(np.float32)
+    out = sc.calibrate_values(x[a == 1]).decode_with_activity(x, a)
+    assert (out[a == 2] == 30).all() and out[a == 1].min() >= 1 and out[a == 1].max() <= 29
+    np.testing.assert_array_equal(out, np.round(out))
+    old = TrafficScaler.from_dict({"mean": 1.0, "std": 2.0, "zero_threshold": 0.5})
+    with pytest.raises(InputError, match="positive values"):
+        old.calibrate_values(np.zeros(4))
+
+
+def test_the_value_map_spreads_a_tie_over_its_share():
+    rng = np.random.default_rng(3)
+    pos = rng.gamma(0.8, 5.0, 5000) + 0.01
+    sc = TrafficScaler.fit(np.concatenate([np.zeros(5000), pos])[None, :])
+    # a model's active values: 40 % piled up at the lower clip, the rest spread above it
+    lo, _ = sc.model_range()
+    x = np.where(rng.random(4000) < 0.4, lo, rng.uniform(lo, lo + 3.0, 4000))
+    cal = sc.calibrate_values(x)
+    u = rng.random(x.shape)
+    y = cal.map_values(x, u)
+    target = np.asarray(sc.positive_quantiles)
+    # the mapped values have the training values' quantiles (levels 0.05 .. 0.95), the tie included
+    got = np.quantile(y, np.linspace(0.05, 0.95, 19))
+    want = np.interp(np.linspace(0.05, 0.95, 19), VALUE_LEVELS, target)
+    np.testing.assert_allclose(got, want, atol=0.06)
+    assert np.unique(np.round(y[x == lo], 6)).size > 100  # not one spike
+    mid = cal.map_values(x)  # no draws: the middle of the tie's range, one value
+    assert np.unique(mid[x == lo]).size == 1
+    assert np.interp(0.2, VALUE_LEVELS, target) == pytest.approx(mid[x == lo][0], abs=0.05)
+    # a value held once maps exactly to its level; below and above the sample, to the ends
+    np.testing.assert_allclose(cal.map_values(np.array([cal.value_from[120]])), [target[120]])
+    np.testing.assert_allclose(cal.map_values(np.array([-9.0, 9.0])), [target[0], target[-1]])
+    assert (np.diff(cal.map_values(np.sort(x))) >= -1e-12).all()  # monotone without draws
+
+
+def test_a_float32_value_at_the_clip_joins_the_tie_there():
+    rng = np.random.default_rng(4)
+    sc = TrafficScaler.fit(np.concatenate([np.zeros(2000), rng.gamma(0.8, 5.0, 2000) + 0.01])[None, :])
+    lo, _ = sc.model_range()
+    x = np.where(rng.random(3000) < 0.3, lo - 1.0, rng.uniform(lo, lo + 3.0, 3000))  # below: clipped to lo
+    cal = sc.calibrate_values(x)
+    lo32 = np.float64(np.float32(lo))  # what a float32 sample clamped at the bound holds
+    assert lo32 != lo
+    y = cal.map_values(np.full(500, lo32), rng.random(500))
+    assert y.min() < np.interp(0.05, VALUE_LEVELS, sc.positive_quantiles)  # spread from the bottom
+    assert y.max() > np.interp(0.25, VALUE_LEVELS, sc.positive_quantiles)  # over the tie's share

@@ -208,6 +208,31 @@ def test_activity_channel_trains_and_its_classes_set_the_traffic_atoms(city, dis
     generate(sharp, city, 4, tmp_path / "g", seed=0, batch_size=4, progress=False)
 
 
+def test_calibrated_values_of_an_activity_model_follow_the_training_values(city, discrete, tmp_path):
+    from dataclasses import replace
+
+    mcfg = replace(model_config(), activity=True)
+    train_mstdiff(city, city.subset(np.arange(8)), discrete=discrete, vqvae=None, model_config=mcfg,
+                  train_config=train_config(max_steps=3, calibrate_values=True, calibration_samples=64),
+                  out_dir=tmp_path / "m")
+    model = MSTDiff.load(tmp_path / "m")
+    sc = model.scaler
+    assert sc.value_from is not None and sc.value_to == sc.positive_quantiles
+    tr, _ = model.sample(64, generator=torch.Generator().manual_seed(5))
+    pos, real = tr[tr > 0], city.traffic[city.traffic > 0]
+    # the active slots' values have the training values' shares (a fresh draw: within sampling noise)
+    for q in (0.25, 0.5, 0.75):
+        assert np.quantile(pos, q) == pytest.approx(np.quantile(real, q), rel=0.35)
+    raw = MSTDiff(model.denoiser, model.hybrid, replace(sc, value_from=None, value_to=None), model.config)
+    tr_raw, _ = raw.sample(64, generator=torch.Generator().manual_seed(5))  # the same draw, no map
+    np.testing.assert_array_equal(tr_raw == 0, tr == 0)  # the map moves values, not the atoms
+    assert abs(np.log(np.median(tr_raw[tr_raw > 0]) / np.median(real))) > 0.5  # what it corrects
+    with pytest.raises(InputError, match="model.activity"):
+        train_mstdiff(city, city.subset(np.arange(8)), discrete=discrete, vqvae=None,
+                      model_config=model_config(),
+                      train_config=train_config(max_steps=1, calibrate_values=True), out_dir=tmp_path / "n")
+
+
 def test_sampling_reports_every_reverse_step(city, discrete, tmp_path):
     res = run(city, discrete, tmp_path / "m", epochs=1)
     model = MSTDiff.load(res.out_dir / "model.pt")

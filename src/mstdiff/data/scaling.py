@@ -35,6 +35,12 @@ from mstdiff.errors import InputError
 
 A = TypeVar("A", np.ndarray, Tensor)
 
+#: probabilities of the quantiles behind :meth:`TrafficScaler.calibrate_values`
+VALUE_LEVELS = np.linspace(0.0, 1.0, 201)
+
+#: model-space distance under which :meth:`TrafficScaler.map_values` treats two values as tied
+TIE_TOLERANCE = 1e-6
+
 #: units whose values cannot exceed the slot length (``meta["bin_minutes"]``)
 SLOT_BOUNDED_UNITS = ("minutes",)
 
@@ -69,6 +75,13 @@ class TrafficScaler:
     full_share: float = 0.0  # share of values equal to `upper` in the training set (calibration target)
     calibrated: bool = False  # thresholds set by `calibrate` from a model's samples
     train_max: float | None = None  # largest training value (None: a scaler saved before it was kept)
+    # model-space quantiles (at VALUE_LEVELS) of the training slots strictly between the atoms (the
+    # activity channel's class 1), the target of :meth:`calibrate_values` (None: saved before it)
+    positive_quantiles: tuple[float, ...] | None = None
+    # :meth:`calibrate_values`: a model's class-1 values at these model-space quantiles are mapped
+    # onto ``value_to`` (piecewise linear, by rank) in :meth:`decode_with_activity`; None: no map
+    value_from: tuple[float, ...] | None = None
+    value_to: tuple[float, ...] | None = None
 
     @classmethod
     def fit(cls, traffic: np.ndarray, *, upper: float | None = None,
@@ -98,6 +111,10 @@ class TrafficScaler:
             full_thr = float(upper) - 0.5 * float(res) if res is not None else float(upper)
         cap = math.log1p(float(upper)) if upper is not None else (
             float(np.log1p(2 * x.max())) if x.size else float("inf"))
+        inner = x[(x > 0) & (x < upper)] if upper is not None else pos
+        mu, sd = (float(lx.mean()) if lx.size else 0.0), (std if std > 0 else 1.0)
+        pq = (tuple(float(v) for v in (np.quantile(np.log1p(inner), VALUE_LEVELS) - mu) / sd)
+              if inner.size else None)
         return cls(
             mean=float(lx.mean()) if lx.size else 0.0,
             std=std if std > 0 else 1.0,
@@ -109,6 +126,7 @@ class TrafficScaler:
             zero_share=float((x == 0).mean()) if x.size else 0.0,
             full_share=float((x >= upper).mean()) if (upper is not None and x.size) else 0.0,
             train_max=float(x.max()) if x.size else None,
+            positive_quantiles=pq,
         )
 
     @classmethod
@@ -172,14 +190,23 @@ class TrafficScaler:
             a = torch.where(t >= self.upper, torch.full_like(a, 2), a)
         return a if isinstance(traffic, Tensor) else a.numpy()
 
-    def decode_with_activity(self, x: A, activity: np.ndarray | Tensor) -> A:
+    def decode_with_activity(self, x: A, activity: np.ndarray | Tensor, *,
+                             generator: torch.Generator | None = None) -> A:
         """Decode with the atoms given by an activity channel instead of the thresholds.
 
         Class 0 is exactly 0, class 2 exactly ``upper``; class 1 is the continuous value rounded
-        to the resolution and kept strictly between the atoms (``[resolution, upper − resolution]``).
+        to the resolution and kept strictly between the atoms (``[resolution, upper − resolution]``),
+        after the value map of :meth:`calibrate_values` where the scaler has one (``generator``:
+        the draws that spread tied values over their share, :meth:`map_values`).
         """
         t = _as_tensor(x)
         a = _as_tensor(activity).to(t.device).long()
+        if self.value_from is not None and self.value_to is not None:
+            u = (None if generator is None else
+                 torch.rand(t.shape, generator=generator, device=generator.device).cpu().double().numpy())
+            v = np.clip(t.detach().cpu().double().numpy(), *self.model_range())  # as calibrated
+            mapped = self.map_values(v, u)
+            t = torch.from_numpy(mapped).to(device=t.device, dtype=t.dtype)
         m = _as_tensor(self.continuous(t))
         lo = self.resolution if self.resolution is not None else 2.0 * self.zero_threshold
         if self.resolution is not None:
@@ -210,10 +237,71 @@ class TrafficScaler:
             full_thr = max(full_thr, float(np.nextafter(zero_thr, np.inf)))
         return dataclasses.replace(self, zero_threshold=zero_thr, full_threshold=full_thr, calibrated=True)
 
+    def calibrate_values(self, x: np.ndarray | Tensor) -> TrafficScaler:
+        """A copy that maps a model's class-1 values onto the training distribution of the values
+        between the atoms, by rank (quantile mapping).
+
+        ``x``: model-space values of the model's own samples at the slots its activity channel
+        made class 1 (positive, not full). Their quantiles at :data:`VALUE_LEVELS` are mapped onto
+        the training set's (``positive_quantiles``), piecewise linearly in between, so the order of
+        the values within and across samples is kept and only their scale moves. A diffusion model
+        whose traffic stream and activity channel disagree on where a sample is active puts
+        zero-like values into active slots; this puts the share of each value back. Training
+        statistics only, like :meth:`calibrate`. Values are taken inside :meth:`model_range` here
+        and in decoding, so a model sampled with or without ``clip_traffic`` has its pile at the
+        bound spread over that pile's share (:meth:`map_values`).
+        """
+        if self.positive_quantiles is None:
+            raise InputError("this traffic scaler has no training quantiles of the positive values",
+                             where="TrafficScaler.calibrate_values",
+                             fix="re-train the model with this version (the scaler is fitted then)")
+        v = _as_tensor(x).double().numpy().ravel()
+        v = np.clip(v[np.isfinite(v)], *self.model_range())  # what decoding maps (a pile at a bound: a tie)
+        if v.size == 0:
+            return self
+        src = np.maximum.accumulate(np.quantile(v, VALUE_LEVELS))  # non-decreasing for np.interp
+        return dataclasses.replace(self, value_from=tuple(float(a) for a in src),
+                                   value_to=tuple(self.positive_quantiles))
+
+    def map_values(self, x: np.ndarray, u: np.ndarray | None = None) -> np.ndarray:
+        """The value map of :meth:`calibrate_values` on model-space values ``x``: the level of each
+        value among the calibration sample's (a piecewise-linear CDF through the quantiles at
+        :data:`VALUE_LEVELS`), then the training quantile at that level. A value the calibration
+        sample holds many times (a model's samples pile up at the clip of the training range) has a
+        range of levels, not one: ``u`` in [0, 1) (same shape as ``x``) picks its place in that
+        range (the randomised probability integral transform), so a tie becomes a spread of values
+        with the share it had, not a spike at one; without ``u``, the middle of the range."""
+        if self.value_from is None or self.value_to is None:
+            return np.asarray(x, dtype=np.float64)
+        src, dst = np.asarray(self.value_from), np.asarray(self.value_to)
+        lev = VALUE_LEVELS
+        v = np.asarray(x, dtype=np.float64)
+        # a knot within TIE_TOLERANCE counts as the same value: a float32 sample clipped at a bound
+        # lies a rounding step away from the float64 bound its calibration sample piled up at
+        left = np.searchsorted(src, v - TIE_TOLERANCE, side="left")
+        right = np.searchsorted(src, v + TIE_TOLERANCE, side="right")
+        # strictly between two knots: linear between their levels; on a run of equal knots: the run
+        i = np.clip(left, 1, src.size - 1)
+        span = src[i] - src[i - 1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            frac = np.where(span > 0, (v - src[i - 1]) / span, 0.5)
+        inside = lev[i - 1] + np.clip(frac, 0.0, 1.0) * (lev[i] - lev[i - 1])
+        lo = lev[np.clip(left, 0, src.size - 1)]
+        hi = lev[np.clip(right - 1, 0, src.size - 1)]
+        w = np.full(v.shape, 0.5) if u is None else np.asarray(u, dtype=np.float64)
+        level = np.where(right > left, lo + w * (hi - lo), inside)
+        outside_lo, outside_hi = v < src[0] - TIE_TOLERANCE, v > src[-1] + TIE_TOLERANCE
+        level = np.where(outside_lo, 0.0, np.where(outside_hi, 1.0, level))  # outside the sample: its ends
+        return np.interp(level, lev, dst)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrafficScaler:
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        kw = {k: v for k, v in d.items() if k in known}
+        for k in ("positive_quantiles", "value_from", "value_to"):  # JSON / torch.save give lists
+            if kw.get(k) is not None:
+                kw[k] = tuple(float(v) for v in kw[k])
+        return cls(**kw)

@@ -209,9 +209,9 @@ class MSTDiff:
         if not self.config.denoiser.use_traffic:  # "MSTDiff without traffic": trajectories only
             return np.zeros(l0.shape, dtype=np.float32), l0
         x = idwt(out.w0)
-        traffic = (self.scaler.decode(x) if out.a0 is None
-                   else self.scaler.decode_with_activity(x, out.a0)).float().cpu().numpy()
-        return traffic.astype(np.float32), l0
+        decoded = (self.scaler.decode(x) if out.a0 is None
+                   else self.scaler.decode_with_activity(x, out.a0, generator=generator))
+        return decoded.float().cpu().numpy().astype(np.float32), l0
 
     def traffic_clip(self) -> Callable[[Tensor], Tensor] | None:
         """``model.hybrid.clip_traffic``: the map of predicted coefficients ``ŵ_0`` into the training
@@ -338,21 +338,30 @@ CALIBRATION_SEED_OFFSET = 104_729  # the calibration draws use train.seed + this
 
 @torch.no_grad()
 def calibrate_decoder(model: MSTDiff, n: int, *, seed: int, device: torch.device | str,
-                      batch_size: int = 256) -> TrafficScaler:
-    """The model's scaler with its atom thresholds calibrated on ``n`` of its own samples.
+                      batch_size: int = 256, values: bool = False) -> TrafficScaler:
+    """The model's scaler calibrated on ``n`` of its own samples.
 
-    See :meth:`TrafficScaler.calibrate`: the zero and full-slot thresholds are the quantiles of
-    the sampled (continuous) traffic at the training shares of both atoms.
+    Without an activity channel, its atom thresholds (:meth:`TrafficScaler.calibrate`): the zero
+    and full-slot thresholds are the quantiles of the sampled (continuous) traffic at the training
+    shares of both atoms. With one (the channel sets the atoms) and ``values``, the map of its
+    class-1 values onto the training values between the atoms (:meth:`TrafficScaler.calibrate_values`).
     """
-    if model.hybrid.activity is not None or not model.config.denoiser.use_traffic:
-        return model.scaler  # the activity channel sets the atoms, or there is no traffic at all
+    if not model.config.denoiser.use_traffic:
+        return model.scaler  # no traffic at all
+    if model.hybrid.activity is not None and not values:
+        return model.scaler  # the activity channel sets the atoms
     gen = torch.Generator(device=device).manual_seed(int(seed) + CALIBRATION_SEED_OFFSET)
     T = model.config.denoiser.seq_len
     parts = []
     for a in range(0, n, batch_size):
         out = model.hybrid.sample(model.denoiser, min(batch_size, n - a), T, gen, device=device,
                                   w0_clip=model.traffic_clip())
-        parts.append(idwt(out.w0).float().cpu())
+        x = idwt(out.w0).float().cpu()
+        parts.append(x if out.a0 is None else x[out.a0.cpu() == 1])
+    if model.hybrid.activity is not None:
+        scaler = model.scaler.calibrate_values(torch.cat(parts))
+        logger.info("traffic values calibrated on the active slots of %d samples", n)
+        return scaler
     scaler = model.scaler.calibrate(torch.cat(parts))
     logger.info("traffic decoder calibrated on %d samples: zero at <= %.3g, full at >= %s",
                 n, scaler.zero_threshold, scaler.full_threshold)

@@ -25,7 +25,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, cast
@@ -142,6 +142,10 @@ class TrainConfig:
     # model's own samples so that both atoms get the training shares (0: keep the grid midpoints)
     calibration_samples: int = 256
     calibration_batch_size: int = 256  # samples per sampling batch of that calibration
+    # with model.activity: also map the values of the active (class-1) slots of those samples onto
+    # the training distribution of the values between the atoms, by rank
+    # (TrafficScaler.calibrate_values); False: the traffic stream's values as they are
+    calibrate_values: bool = False
     # start the station table head's biases at the log visit shares of the training set (+ this
     # pseudo-count per station), so the table head starts from the real marginal instead of uniform
     # over N (a far-away station drawn for a masked slot was the first failure at N = 23,768); 0: off
@@ -261,12 +265,15 @@ def train_mstdiff(
     station_embeddings: Tensor | None = None,
     resume: bool = False,
     callback: Callable[[int, dict[str, float]], None] | None = None,
+    calibration_sampling: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train MSTDiff (Algorithm 1) and write ``model.pt`` (EMA weights) into ``out_dir``.
 
     With ``resume=True`` and a ``checkpoint.pt`` in ``out_dir``, training continues exactly where it
     stopped. Ctrl-C writes a checkpoint before stopping, so nothing is lost. ``callback(step, parts)``
     is called after every optimiser step with the detached loss parts (means over the global batch).
+    ``calibration_sampling``: the sampling options of generation (``generate.sampling``) under
+    which the traffic decoder is calibrated on the model's own samples (``train.calibration_samples``).
 
     Under ``torchrun --nproc_per_node K`` (or inside a process group the caller initialised) every
     process runs this function: the denoiser is wrapped in DistributedDataParallel, each rank trains
@@ -279,7 +286,7 @@ def train_mstdiff(
         return _train(train, val, discrete=discrete, vqvae=vqvae, model_config=model_config,
                       cfg=train_config, out=Path(out_dir), transition_path=transition_path,
                       station_embeddings=station_embeddings, resume=resume, callback=callback,
-                      ctx=ctx, device=device)
+                      ctx=ctx, device=device, calibration_sampling=calibration_sampling)
     finally:
         distributed.teardown(ctx)
 
@@ -299,6 +306,7 @@ def _train(
     callback: Callable[[int, dict[str, float]], None] | None,
     ctx: distributed.DistContext,
     device: torch.device,
+    calibration_sampling: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     K, rank, main = ctx.world_size, ctx.rank, ctx.is_main
     ckpt_path = out / "checkpoint.pt"
@@ -313,6 +321,10 @@ def _train(
         set_threads(cfg.num_threads)  # torch, Numba and DuckDB alike
     scaler = TrafficScaler.for_dataset(train)
     model_config = trajectory_only_if_needed(model_config, train, log=main)
+    if cfg.calibrate_values and model_config.denoiser.use_traffic and not model_config.activity:
+        raise InputError("train.calibrate_values maps the values of the activity channel's active "
+                         "slots: it needs model.activity: true", where="train.calibrate_values",
+                         fix="set model.activity: true, or train.calibrate_values: false")
     pattern = model_config.pattern
     assigner: StationAssigner | None = None
     if pattern.enabled:  # the network learns day patterns over P labels; the assigner their stations
@@ -542,8 +554,12 @@ def _train(
         ema.shadow.eval()
         bundle = MSTDiff(cast(MSTDiffDenoiser, ema.shadow), hybrid, scaler, model_config, assigner=assigner)
         if cfg.calibration_samples:
-            bundle.scaler = calibrate_decoder(bundle, min(cfg.calibration_samples, U), seed=cfg.seed,
-                                              device=device, batch_size=cfg.calibration_batch_size)
+            # calibrated as it will be sampled (generate.sampling: e.g. clip_traffic changes what the
+            # traffic stream puts out); the model is saved with its own sampling defaults
+            under = bundle.with_sampling(**dict(calibration_sampling or {}))
+            bundle.scaler = calibrate_decoder(under, min(cfg.calibration_samples, U), seed=cfg.seed,
+                                              device=device, batch_size=cfg.calibration_batch_size,
+                                              values=cfg.calibrate_values)
         meta = run_meta(stage="train", steps=step, epochs=epoch, samples_per_second=sps,
                         train_samples=U, val_samples=int(wv.shape[0]), device=str(device),
                         world_size=K, backend=ctx.backend, amp=cfg.amp, compile=cfg.compile,
