@@ -407,15 +407,20 @@ def test_a_pattern_model_draws_patterns_then_stations(city, tmp_path, tokens, mo
     assert (day_patterns(g.locations).max(1) + 1 == [len(set(r)) for r in g.locations]).all()
 
 
-def test_a_move_pattern_model_redraws_its_invalid_tokens_on_request(city, tmp_path, monkeypatch):
-    import mstdiff.training.model as mod
-    from mstdiff.models.day_pattern import decode_moves, invalid_moves
-
+def _moves_model(city, tmp_path):
+    """The city's trajectories and a move-token pattern model trained on them for one epoch."""
     traj = _no_traffic(city)
     train_mstdiff(traj, traj.subset(np.arange(8)), discrete=None, vqvae=None,
                   model_config=_pattern_config("moves"), train_config=train_config(epochs=1),
                   out_dir=tmp_path / "m")
-    model = MSTDiff.load(tmp_path / "m")
+    return traj, MSTDiff.load(tmp_path / "m")
+
+
+def test_a_move_pattern_model_redraws_its_invalid_tokens_on_request(city, tmp_path, monkeypatch):
+    import mstdiff.training.model as mod
+    from mstdiff.models.day_pattern import decode_moves, invalid_moves
+
+    traj, model = _moves_model(city, tmp_path)
     assert not model.config.pattern.redraw_invalid  # off unless asked for
     fixed = model.with_sampling(redraw_invalid=True)
     assert fixed.config.pattern.redraw_invalid and fixed.assigner is model.assigner
@@ -460,11 +465,7 @@ def test_a_move_pattern_model_redraws_its_invalid_tokens_on_request(city, tmp_pa
 
 
 def test_a_pattern_model_refits_its_assigner_without_training(city, tmp_path, monkeypatch):
-    traj = _no_traffic(city)
-    train_mstdiff(traj, traj.subset(np.arange(8)), discrete=None, vqvae=None,
-                  model_config=_pattern_config("moves"), train_config=train_config(epochs=1),
-                  out_dir=tmp_path / "m")
-    model = MSTDiff.load(tmp_path / "m")
+    traj, model = _moves_model(city, tmp_path)
     assert model.config.pattern.kernel == "nearest"
     grav = model.refit_assigner(traj, kernel="gravity", move_smoothing=1.0)
     assert grav.denoiser is model.denoiser and grav.assigner is not model.assigner
