@@ -34,6 +34,7 @@ import torch
 from mstdiff.baselines import generate_dataset, make_baseline
 from mstdiff.data import PreparedDataset
 from mstdiff.metrics.evaluate import evaluate
+from mstdiff.models.day_pattern import DayPatternConfig
 from mstdiff.pipeline import load_run_config
 from mstdiff.threads import set_threads
 from mstdiff.training.mstdiff import MSTDiff, generate, load_transition, train_mstdiff
@@ -92,7 +93,7 @@ def main() -> None:
     model = MSTDiff.load(out / "train").with_sampling(**cfg.generate.sampling)
     if args.refit_assigner:
         t1 = time.perf_counter()
-        options = {k: getattr(cfg.model.pattern, k) for k in MSTDiff.ASSIGNER_FIELDS}
+        options = {k: getattr(cfg.model.pattern, k) for k in DayPatternConfig.ASSIGNER}
         model = model.refit_assigner(train, **options)
         print(f"assigner refitted in {time.perf_counter() - t1:.1f} s: {cfg.model.pattern}")
     seeds = args.gen_seeds or [cfg.generate.seed]

@@ -111,13 +111,13 @@ class TrafficScaler:
             full_thr = float(upper) - 0.5 * float(res) if res is not None else float(upper)
         cap = math.log1p(float(upper)) if upper is not None else (
             float(np.log1p(2 * x.max())) if x.size else float("inf"))
-        inner = x[(x > 0) & (x < upper)] if upper is not None else pos
         mu, sd = (float(lx.mean()) if lx.size else 0.0), (std if std > 0 else 1.0)
+        inner = x[(x > 0) & (x < upper)] if upper is not None else pos
         pq = (tuple(float(v) for v in (np.quantile(np.log1p(inner), VALUE_LEVELS) - mu) / sd)
               if inner.size else None)
         return cls(
-            mean=float(lx.mean()) if lx.size else 0.0,
-            std=std if std > 0 else 1.0,
+            mean=mu,
+            std=sd,
             zero_threshold=zero_thr,
             log_cap=cap,
             upper=None if upper is None else float(upper),

@@ -78,6 +78,10 @@ class DayPatternConfig:
     }
     # fields that only change how a trained model samples (``--sample redraw_invalid=true``)
     SAMPLING: ClassVar[tuple[str, ...]] = ("redraw_invalid", "gibbs_sweeps")
+    # fields of the station assigner (counts of the training days: another value needs no new
+    # training of the network, ``MSTDiff.refit_assigner``)
+    ASSIGNER: ClassVar[tuple[str, ...]] = ("kernel", "role_smoothing", "move_smoothing", "neighbours",
+                                           "floor")
 
     enabled: bool = False  # False: the network draws the stations themselves (the default)
     tokens: str = "moves"  # what the network diffuses: "moves" (STAY / NEW / RETURN_k) or "labels"

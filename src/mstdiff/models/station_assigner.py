@@ -112,6 +112,11 @@ def _row_totals(key: np.ndarray, cnt: np.ndarray, query: np.ndarray) -> np.ndarr
     return csum[np.searchsorted(key, query, side="right")] - csum[np.searchsorted(key, query, side="left")]
 
 
+def _popularity(arrivals: np.ndarray, floor: float) -> np.ndarray:
+    """``f_j + ε·mean f``: a station's weight in the back-off kernel (ε = ``pattern.floor``)."""
+    return arrivals + floor * max(float(arrivals.mean()), 1e-12)
+
+
 def _sorted_counts(key: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct ``(key, dst)`` pairs sorted by key, with their counts."""
     pair = np.stack([key, dst.astype(np.int64)], axis=1)
@@ -140,7 +145,7 @@ class StationAssigner:
         self.kernel_idx = np.asarray(state.get("kernel_idx", np.zeros((0, 0), np.int64)))
         self.gravity_h = np.asarray(state.get("gravity_h", np.zeros((0, 0))), dtype=np.float64)
         self._edges2 = np.asarray(state.get("gravity_edges", np.zeros(0)), dtype=np.float64) ** 2
-        self._popularity = self.arrivals + config.floor * max(self.arrivals.mean(), 1e-12)
+        self._popularity = _popularity(self.arrivals, config.floor)
 
     # --------------------------------------------------------------- fitting
     @classmethod
@@ -324,8 +329,7 @@ def _fit_gravity(state: dict[str, Any], config: DayPatternConfig, tt: np.ndarray
     n1 = _row_totals(state["slot_key"], state["slot_cnt"], (tt - 1).astype(np.int64) * N + src) - 1
     n2 = _row_totals(state["all_key"], state["all_cnt"], src) - 1
     share = lam / (n1 + lam) * lam / (n2 + lam)  # the kernel's share with the move left out
-    arrivals = np.asarray(state["arrivals"], dtype=np.float64)
-    popularity = arrivals + config.floor * max(arrivals.mean(), 1e-12)
+    popularity = _popularity(np.asarray(state["arrivals"], dtype=np.float64), config.floor)
     weight = popularity[:, None] * state["role_weight"]  # (N, roles)
     xy, edges = state["xy"], state["gravity_edges"]
     rng = np.random.default_rng(0)  # a fixed sample: the same training days fit the same profile

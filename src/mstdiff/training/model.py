@@ -152,8 +152,6 @@ class MSTDiff:
         config = dataclasses.replace(self.config, hybrid=hcfg, pattern=pattern)
         return MSTDiff(self.denoiser, hybrid, self.scaler, config, assigner=self.assigner)
 
-    ASSIGNER_FIELDS = ("kernel", "role_smoothing", "move_smoothing", "neighbours", "floor")
-
     def refit_assigner(self, train: PreparedDataset, *, graph: Any = None, **options: Any) -> MSTDiff:
         """This model with its station assigner fitted again on ``train`` with ``model.pattern``
         options of the assigner (``kernel``, ``move_smoothing``, ...; the network and its tokens
@@ -163,20 +161,17 @@ class MSTDiff:
         if self.assigner is None:
             raise InputError("this model draws its stations itself (model.pattern.enabled is false)",
                              where="refit_assigner", fix="use a day-pattern model")
-        unknown = sorted(set(options) - set(self.ASSIGNER_FIELDS))
+        unknown = sorted(set(options) - set(DayPatternConfig.ASSIGNER))
         if unknown:
             raise InputError(f"{unknown} are not options of the station assigner", where="refit_assigner",
-                             fix=f"use {list(self.ASSIGNER_FIELDS)}")
+                             fix=f"use {list(DayPatternConfig.ASSIGNER)}")
         if train.n_stations != self.assigner.n_stations:
             raise InputError(f"the data has {train.n_stations} stations, the model "
                              f"{self.assigner.n_stations}", where="refit_assigner",
                              fix="refit on the training split of this model's data")
         pattern = from_dict(DayPatternConfig, {**to_dict(self.config.pattern), **options},
                             where="refit_assigner", prefix="model.pattern.")
-        coords = station_coordinates(train)
-        assigner = StationAssigner.fit(np.asarray(train.locations), train.n_stations, pattern,
-                                       coords=None if coords is None else np.stack(coords, axis=1),
-                                       graph=graph)
+        assigner = fit_assigner(train, pattern, graph=graph)
         config = dataclasses.replace(self.config, pattern=pattern)
         return MSTDiff(self.denoiser, self.hybrid, self.scaler, config, assigner=assigner)
 
@@ -428,6 +423,14 @@ def station_coordinates(ds: PreparedDataset) -> tuple[np.ndarray, np.ndarray] | 
     if "lat" not in st or "lon" not in st:
         return None
     return st["lat"].to_numpy(dtype=np.float64), st["lon"].to_numpy(dtype=np.float64)
+
+
+def fit_assigner(train: PreparedDataset, pattern: DayPatternConfig, *, graph: Any = None) -> StationAssigner:
+    """The station assigner of a day-pattern model, counted on ``train`` (its coordinates for the
+    map kernel where it has them, else the neighbours of ``graph``)."""
+    coords = station_coordinates(train)
+    return StationAssigner.fit(np.asarray(train.locations), train.n_stations, pattern,
+                               coords=None if coords is None else np.stack(coords, axis=1), graph=graph)
 
 
 

@@ -60,6 +60,7 @@ from mstdiff.training.model import (
     check_pattern,
     check_sampling_options,
     check_station_table,
+    fit_assigner,
     generate,
     has_traffic,
     load_transition,
@@ -330,11 +331,7 @@ def _train(
     if pattern.enabled:  # the network learns day patterns over P labels; the assigner their stations
         check_pattern(model_config)
         pattern.validate_for(train.T)
-        coords = station_coordinates(train)
-        assigner = StationAssigner.fit(
-            np.asarray(train.locations), train.n_stations, pattern,
-            coords=None if coords is None else np.stack(coords, axis=1),
-            graph=getattr(discrete, "rate", None))
+        assigner = fit_assigner(train, pattern, graph=getattr(discrete, "rate", None))
         if main and station_embeddings is not None:
             logger.info("model.pattern: the station embeddings are not used (the network sees labels)")
         station_embeddings = None
